@@ -1,0 +1,187 @@
+"""The ``resonate-patterns`` command line (also ``python -m service``).
+
+Subcommands: ``worker`` (join a group and run every pattern), ``call``
+(invoke one pattern and print its result), ``demo`` (the README's first
+command), ``server`` (the local development Resonate server), ``up`` (the
+local stack: server plus a worker group) and ``operator`` (the autoscaler).
+
+Exit codes: 0 success; 1 the invocation was rejected or timed out; 2 bad
+usage, bad input or bad configuration. Errors are one line on stderr, never
+a traceback. Results go to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from service import __version__
+from service.config import Settings, load_settings, settings_table
+from service.errors import ConfigError, InputError, ResonatePatternsError, UsageError
+from service.patterns.registry import PATTERNS, pattern
+from service.telemetry.logging import setup_logging
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"resonate-patterns: error: {text}\n")
+    sys.stderr.flush()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+def _patterns_help() -> str:
+    lines = ["patterns:"]
+    for p in PATTERNS:
+        lines.append(f"  {p.name} {p.usage}\n      {p.summary}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="resonate-patterns",
+        description="Durable recursive workloads on Resonate.",
+        epilog="Configuration comes from the environment; see `resonate-patterns config`.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("worker", help="join RESONATE_GROUP and run every pattern until SIGTERM")
+
+    call = sub.add_parser(
+        "call",
+        help="invoke a pattern and print its result",
+        epilog=_patterns_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    call.add_argument("pattern", help="pattern name (see below)")
+    call.add_argument("args", nargs="*", help="pattern arguments")
+    call.add_argument("--id", dest="promise_id", help="promise id (default: keyed by input)")
+    call.add_argument("--json", action="store_true", help="print one JSON object")
+    call.add_argument(
+        "--args-json",
+        help="the pattern's arguments as a JSON array, instead of positional words",
+    )
+    call.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the result (600)"
+    )
+
+    sub.add_parser("demo", help="run a short tour of every pattern and print the results")
+    sub.add_parser("config", help="print every setting with its current value")
+    return parser
+
+
+def _load(**overrides: str) -> Settings:
+    return load_settings(os.environ, **overrides)
+
+
+def _client_logging(settings: Settings) -> None:
+    # A one-shot command keeps stderr quiet unless the user asked for a level.
+    level = settings.log_level if "RESONATE_PATTERNS_LOG_LEVEL" in os.environ else "warning"
+    setup_logging(level, settings.log_format)
+
+
+def _call_args(ns: argparse.Namespace) -> tuple[Any, ...]:
+    target = pattern(ns.pattern)
+    if ns.args_json is not None:
+        if ns.args:
+            raise UsageError("give the arguments either as words or as --args-json, not both")
+        try:
+            parsed = json.loads(ns.args_json)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--args-json is not valid JSON: {exc.msg}") from None
+        if not isinstance(parsed, list):
+            raise UsageError("--args-json must be a JSON array of arguments")
+        return tuple(parsed)
+    return target.parse(list(ns.args))
+
+
+def _human(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, indent=2)
+    return str(value)
+
+
+async def _call(settings: Settings, ns: argparse.Namespace) -> int:
+    from service.client import invoke
+    from service.runtime import build_runtime
+
+    target = pattern(ns.pattern)
+    args = _call_args(ns)
+    target.validate(settings, args)
+    runtime = build_runtime(settings, role="client")
+    runtime.start()
+    try:
+        result = await invoke(
+            runtime, target, args, promise_id=ns.promise_id, timeout=ns.timeout
+        )
+    finally:
+        await runtime.stop()
+    if ns.json:
+        _out(json.dumps(result.as_dict()))
+    else:
+        how = "cached" if result.cached else "computed"
+        _out(f"{result.id} = {_human(result.result)}")
+        _out(f"({how} in {result.elapsed_ms:.1f} ms)")
+    return EXIT_OK
+
+
+def _config(settings: Settings) -> int:
+    _out(settings_table())
+    _out("")
+    for name, value in vars(settings).items():
+        _out(f"{name} = {value!r}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    from service.client import RejectedError, WaitTimeoutError
+
+    try:
+        ns = build_parser().parse_args(argv)
+        settings = _load()
+        if ns.command == "worker":
+            from service.worker import run_worker
+
+            setup_logging(settings.log_level, settings.log_format)
+            asyncio.run(run_worker(settings))
+            return EXIT_OK
+        if ns.command == "call":
+            _client_logging(settings)
+            return asyncio.run(_call(settings, ns))
+        if ns.command == "demo":
+            from service.demo import run_demo
+
+            _client_logging(settings)
+            return asyncio.run(run_demo(settings, _out))
+        if ns.command == "config":
+            return _config(settings)
+        raise UsageError(f"unknown command {ns.command!r}")
+    except (UsageError, ConfigError, InputError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except (RejectedError, WaitTimeoutError) as exc:
+        _err(str(exc))
+        return EXIT_REJECTED
+    except ResonatePatternsError as exc:
+        _err(str(exc))
+        return EXIT_REJECTED
+    except KeyboardInterrupt:
+        return 130

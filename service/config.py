@@ -1,0 +1,344 @@
+"""Every setting of resonate-patterns, read from the environment in one place.
+
+Each field of :class:`Settings` carries a :class:`Spec` in its metadata: the
+environment variable it is read from, its default, what values it accepts and
+what it is for. That one definition drives parsing and validation
+(:func:`load_settings`), the configuration table in the README
+(:func:`settings_table`) and the env vars the Helm chart sets (a test checks
+the chart against :func:`env_names`). A bad value raises :class:`ConfigError`
+naming the variable and the accepted range; entry points print that one line
+and exit 2 before doing anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+from urllib.parse import urlparse
+
+from service.errors import ConfigError
+
+#: A group name becomes the host part of a ``poll://any@{group}`` address, and
+#: the server lowercases URL hosts: an uppercase group would never be delivered
+#: to. So groups are DNS-label shaped (also valid as Kubernetes names).
+GROUP_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+LogFormat = Literal["json", "console", "auto"]
+LinkSource = Literal["synthetic", "http"]
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: variable name, default, parser and meaning."""
+
+    env: str
+    #: Default as it would be written in the environment; ``None`` = unset.
+    default: str | None
+    #: Human description of accepted values, used in errors and docs.
+    accepted: str
+    doc: str
+    parse: Callable[[str], Any]
+
+
+def _int_in(lo: int, hi: int) -> tuple[str, Callable[[str], int]]:
+    accepted = f"an integer in [{lo}, {hi}]"
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(accepted) from None
+        if not lo <= value <= hi:
+            raise ValueError(accepted)
+        return value
+
+    return accepted, parse
+
+
+def _float_in(lo: float, hi: float) -> tuple[str, Callable[[str], float]]:
+    accepted = f"a number in [{lo:g}, {hi:g}]"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(accepted) from None
+        if not lo <= value <= hi or value != value:  # also rejects NaN
+            raise ValueError(accepted)
+        return value
+
+    return accepted, parse
+
+
+def _choice(*options: str) -> tuple[str, Callable[[str], str]]:
+    accepted = "one of " + ", ".join(options)
+
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(accepted)
+        return value
+
+    return accepted, parse
+
+
+def _group(raw: str) -> str:
+    value = raw.strip()
+    if not GROUP_RE.match(value):
+        raise ValueError("a group name")
+    return value
+
+
+_GROUP_ACCEPTED = "a lowercase DNS label (a-z, 0-9, '-', at most 63 characters)"
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("url")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("bool")
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("text")
+    return value
+
+
+def spec(
+    env: str,
+    default: str | None,
+    doc: str,
+    parser: tuple[str, Callable[[str], Any]],
+) -> Any:
+    """Declare a settings field read from ``env`` (see :class:`Spec`)."""
+    accepted, parse = parser
+    return field(metadata={"spec": Spec(env, default, accepted, doc, parse)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process. Build with :func:`load_settings`."""
+
+    # -- connection and identity ------------------------------------------------
+    resonate_url: str | None = spec(
+        "RESONATE_URL",
+        None,
+        "Resonate server URL. Unset: run embedded (in-process server and worker).",
+        ("an http(s) URL such as http://localhost:8001", _url),
+    )
+    group: str = spec(
+        "RESONATE_GROUP",
+        "workers",
+        "Worker group this process joins; every pattern is registered under it.",
+        (_GROUP_ACCEPTED, _group),
+    )
+    factorial_target: str | None = spec(
+        "RESONATE_PATTERNS_FACTORIAL_TARGET",
+        None,
+        "Group that factorial's recursive rpc calls are routed to (default: RESONATE_GROUP).",
+        (_GROUP_ACCEPTED, _group),
+    )
+    enrich_target: str | None = spec(
+        "RESONATE_PATTERNS_ENRICH_TARGET",
+        None,
+        "Group that parallel_enrich's rpc children are routed to (default: RESONATE_GROUP).",
+        (_GROUP_ACCEPTED, _group),
+    )
+    # -- task execution -----------------------------------------------------------
+    task_ttl_seconds: float = spec(
+        "RESONATE_PATTERNS_TASK_TTL_SECONDS",
+        "60",
+        "Task lease TTL against a server; the worker heartbeats at half of it. "
+        "Embedded mode never expires leases (no heartbeats there).",
+        _float_in(1, 86400),
+    )
+    max_concurrent_tasks: int = spec(
+        "RESONATE_PATTERNS_MAX_CONCURRENT_TASKS",
+        "64",
+        "Most tasks this process executes (holds leases for) at once.",
+        _int_in(1, 10000),
+    )
+    drain_seconds: float = spec(
+        "RESONATE_PATTERNS_DRAIN_SECONDS",
+        "20",
+        "On SIGTERM, how long in-flight executions may take to finish before exit.",
+        _float_in(0, 3600),
+    )
+    # -- health and metrics endpoint -------------------------------------------------
+    http_host: str = spec(
+        "RESONATE_PATTERNS_HTTP_HOST",
+        "0.0.0.0",
+        "Address the worker's /healthz, /readyz and /metrics endpoint binds to.",
+        ("a host name or IP address", _text),
+    )
+    http_port: int = spec(
+        "RESONATE_PATTERNS_HTTP_PORT",
+        "9400",
+        "Port of the worker's /healthz, /readyz and /metrics endpoint (0 = pick a free one).",
+        _int_in(0, 65535),
+    )
+    # -- logs ---------------------------------------------------------------------------
+    log_level: str = spec(
+        "RESONATE_PATTERNS_LOG_LEVEL",
+        "info",
+        "Least severe log level written.",
+        _choice(*LOG_LEVELS),
+    )
+    log_format: LogFormat = spec(
+        "RESONATE_PATTERNS_LOG_FORMAT",
+        "auto",
+        "json, console, or auto (console when stderr is a terminal, JSON otherwise).",
+        _choice("json", "console", "auto"),
+    )
+    # -- input limits ---------------------------------------------------------------------
+    max_n: int = spec(
+        "RESONATE_PATTERNS_MAX_N",
+        "1000",
+        "Largest n factorial accepts (each level is one durable rpc).",
+        _int_in(0, 100000),
+    )
+    max_fanout: int = spec(
+        "RESONATE_PATTERNS_MAX_FANOUT",
+        "10000",
+        "Most children one fan-out (enrich_*, process_bounded) may spawn.",
+        _int_in(1, 1000000),
+    )
+    max_crawl_depth: int = spec(
+        "RESONATE_PATTERNS_MAX_CRAWL_DEPTH",
+        "5",
+        "Hard cap on crawl depth.",
+        _int_in(0, 50),
+    )
+    max_crawl_pages: int = spec(
+        "RESONATE_PATTERNS_MAX_CRAWL_PAGES",
+        "1000",
+        "Most pages one crawl fetches; the crawl stops expanding past it.",
+        _int_in(1, 1000000),
+    )
+    # -- simulated work and link source -------------------------------------------------------
+    step_delay_ms: int = spec(
+        "RESONATE_PATTERNS_STEP_DELAY_MS",
+        "0",
+        "Simulated I/O latency of each leaf step (enrich_one, process_one, synthetic fetch).",
+        _int_in(0, 600000),
+    )
+    link_source: LinkSource = spec(
+        "RESONATE_PATTERNS_LINK_SOURCE",
+        "synthetic",
+        "Where fetch_links reads links: a deterministic synthetic graph, or real HTTP.",
+        _choice("synthetic", "http"),
+    )
+    synthetic_pages: int = spec(
+        "RESONATE_PATTERNS_SYNTHETIC_PAGES",
+        "100",
+        "Number of pages in the synthetic link graph.",
+        _int_in(1, 1000000),
+    )
+    synthetic_links: int = spec(
+        "RESONATE_PATTERNS_SYNTHETIC_LINKS",
+        "3",
+        "Links per page in the synthetic link graph.",
+        _int_in(0, 100),
+    )
+    http_fetch_timeout_seconds: float = spec(
+        "RESONATE_PATTERNS_FETCH_TIMEOUT_SECONDS",
+        "10",
+        "Timeout of one HTTP page fetch when the link source is http.",
+        _float_in(0.1, 600),
+    )
+    # -- storage ------------------------------------------------------------------------------
+    embedded_store: str = spec(
+        "RESONATE_PATTERNS_EMBEDDED_STORE",
+        ":memory:",
+        "Embedded mode's promise store: ':memory:' or a SQLite file that keeps "
+        "results (the factorial cache) across runs.",
+        ("':memory:' or a file path", _text),
+    )
+    data_dir: str = spec(
+        "RESONATE_PATTERNS_DATA_DIR",
+        ".resonate-patterns",
+        "Where the local stack (`up`) keeps its server database and logs.",
+        ("a directory path", _text),
+    )
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server URL is configured: run server and worker in-process."""
+        return self.resonate_url is None
+
+    @property
+    def factorial_group(self) -> str:
+        """Group factorial recursion is routed to."""
+        return self.factorial_target or self.group
+
+    @property
+    def enrich_group(self) -> str:
+        """Group parallel_enrich children are routed to."""
+        return self.enrich_target or self.group
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (already-parsed values)."""
+        return dataclasses.replace(self, **changes)
+
+
+def specs() -> dict[str, Spec]:
+    """Map each :class:`Settings` field name to its :class:`Spec`."""
+    return {f.name: cast(Spec, f.metadata["spec"]) for f in dataclasses.fields(Settings)}
+
+
+def env_names() -> list[str]:
+    """Every environment variable :func:`load_settings` reads."""
+    return [s.env for s in specs().values()]
+
+
+def load_settings(env: Mapping[str, str], **overrides: str) -> Settings:
+    """Parse and validate every setting from ``env``.
+
+    ``overrides`` are raw values keyed by field name (as if set in the
+    environment), used by CLI flags so they are validated the same way.
+    An empty variable counts as unset. Raises :class:`ConfigError` on the
+    first bad value, naming the variable.
+    """
+    values: dict[str, Any] = {}
+    for name, s in specs().items():
+        raw = overrides.get(name)
+        if raw is None:
+            raw = env.get(s.env)
+        if raw is None or raw.strip() == "":
+            raw = s.default
+        if raw is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = s.parse(raw)
+        except ValueError:
+            raise ConfigError(s.env, raw, s.accepted) from None
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (embedded in the README)."""
+    rows = [
+        "| Variable | Default | Accepted | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for s in specs().values():
+        default = "(unset)" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.env}` | {default} | {s.accepted} | {s.doc} |")
+    return "\n".join(rows)

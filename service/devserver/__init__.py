@@ -1,0 +1,1 @@
+"""The local Resonate server for development and tests (never production)."""

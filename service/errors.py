@@ -1,0 +1,60 @@
+"""The project's error hierarchy.
+
+Every error this package raises on purpose derives from
+:class:`ResonatePatternsError`, so entry points can turn them into one clear
+line instead of a traceback. Subclasses carry the fields a caller needs to act.
+"""
+
+from __future__ import annotations
+
+
+class ResonatePatternsError(Exception):
+    """Root of every deliberate error raised by resonate-patterns."""
+
+
+class ConfigError(ResonatePatternsError):
+    """A setting read from the environment (or a flag) has an unusable value."""
+
+    def __init__(self, variable: str, value: str, accepted: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"{variable}={value!r} is invalid: expected {accepted}")
+
+
+class InputError(ResonatePatternsError):
+    """A pattern was invoked with input it can never accept.
+
+    Raised inside durable functions before any durable operation, so the
+    promise is rejected at once with this message and never retried: a
+    permanent input error does not get better with time.
+    """
+
+    def __init__(self, function: str, message: str) -> None:
+        self.function = function
+        self.message = message
+        super().__init__(f"{function}: {message}")
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        # Rejections are pickled into the promise value; keep the two fields.
+        return (type(self), (self.function, self.message))
+
+
+class UsageError(ResonatePatternsError):
+    """A CLI invocation that cannot be carried out as written (exit code 2)."""
+
+
+class EnrichmentError(ResonatePatternsError):
+    """One record could not be enriched (a per-child failure in fan-outs)."""
+
+    def __init__(self, record_id: object, reason: str) -> None:
+        self.record_id = record_id
+        self.reason = reason
+        super().__init__(f"cannot enrich {record_id!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[EnrichmentError], tuple[object, str]]:
+        return (type(self), (self.record_id, self.reason))
+
+
+class FetchError(ResonatePatternsError):
+    """A page's links could not be fetched from the link source."""

@@ -1,0 +1,101 @@
+"""Fan-out enrichment: sequential-await, rpc-parallel and error-tolerant forms.
+
+``enrich_one(id)`` is the leaf: it looks a record up in a deterministic
+synthetic record store. Ids that name no record (negative integers, strings
+starting with ``missing``) fail with :class:`~service.errors.EnrichmentError`,
+which is what ``enrich_tolerant`` collects per child. All three fan-outs
+spawn every child first and then await them in input order, so results are
+in input order whatever order the children finish in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from resonate.retry import Never
+
+from service.errors import EnrichmentError
+from service.patterns.deps import PatternDeps
+from service.patterns.steps import spawn_local
+from service.patterns.validation import require_record_id, require_record_ids
+from service.telemetry.instrument import Telemetry, instrumented
+
+if TYPE_CHECKING:
+    from resonate.context import Context
+
+#: Enrichment is deterministic: a failure is permanent, never retried.
+NO_RETRY = Never()
+
+
+def record_exists(record_id: int | str) -> bool:
+    """Whether the synthetic record store has a record under ``record_id``."""
+    if isinstance(record_id, int):
+        return record_id >= 0
+    return not record_id.startswith("missing")
+
+
+def enrich_record(record_id: int | str) -> dict[str, Any]:
+    """The enriched form of one existing record (pure, deterministic)."""
+    digest = hashlib.sha256(f"record:{record_id}".encode()).digest()
+    return {
+        "id": record_id,
+        "name": f"record-{record_id}",
+        "score": digest[0] % 100,
+        "tier": ("bronze", "silver", "gold")[digest[1] % 3],
+    }
+
+
+@instrumented("enrich_one")
+async def enrich_one(ctx: Context, record_id: object) -> dict[str, Any]:
+    """Enrich one record; raises EnrichmentError if it does not exist."""
+    deps = ctx.get_dependency(PatternDeps)
+    rid = require_record_id("enrich_one", record_id)
+    await deps.simulated_io()
+    if not record_exists(rid):
+        raise EnrichmentError(rid, "no such record")
+    return enrich_record(rid)
+
+
+@instrumented("enrich_batch")
+async def enrich_batch(ctx: Context, ids: object) -> list[dict[str, Any]]:
+    """Enrich every id with one local child each; fails on the first failed child."""
+    deps = ctx.get_dependency(PatternDeps)
+    batch = require_record_ids("enrich_batch", ids, deps.settings.max_fanout)
+    children = [
+        spawn_local(ctx, "enrich_one", enrich_one, rid, retry_policy=NO_RETRY) for rid in batch
+    ]
+    ctx.get_dependency(Telemetry).metrics.fanout("enrich_batch", len(children))
+    return [await child.result() for child in children]
+
+
+@instrumented("parallel_enrich")
+async def parallel_enrich(ctx: Context, ids: object) -> list[dict[str, Any]]:
+    """Enrich every id with an rpc to the enrichment target group."""
+    deps = ctx.get_dependency(PatternDeps)
+    batch = require_record_ids("parallel_enrich", ids, deps.settings.max_fanout)
+    remote = ctx.options(target=deps.settings.enrich_group)
+    futures = [remote.rpc("enrich_one", rid) for rid in batch]
+    ctx.get_dependency(Telemetry).metrics.fanout("parallel_enrich", len(futures))
+    results: list[dict[str, Any]] = []
+    for future in futures:
+        results.append(await future)
+    return results
+
+
+@instrumented("enrich_tolerant")
+async def enrich_tolerant(ctx: Context, ids: object) -> list[dict[str, Any]]:
+    """Enrich every id, returning per-child success or error message in input order."""
+    deps = ctx.get_dependency(PatternDeps)
+    batch = require_record_ids("enrich_tolerant", ids, deps.settings.max_fanout)
+    children = [
+        spawn_local(ctx, "enrich_one", enrich_one, rid, retry_policy=NO_RETRY) for rid in batch
+    ]
+    ctx.get_dependency(Telemetry).metrics.fanout("enrich_tolerant", len(children))
+    outcomes: list[dict[str, Any]] = []
+    for rid, child in zip(batch, children, strict=True):
+        try:
+            outcomes.append({"id": rid, "ok": True, "value": await child.result()})
+        except Exception as exc:
+            outcomes.append({"id": rid, "ok": False, "error": str(exc)})
+    return outcomes

@@ -1,0 +1,114 @@
+"""Durable factorial whose ``factorial-{n}`` promises are a permanent cache.
+
+The client invokes ``factorial(n)`` under the id ``factorial-{n}``; each
+level recurses with ``ctx.rpc("factorial", n - 1)`` to the factorial target
+group. Child ids are SDK lineage ids (``factorial-8:2.2``), so on their own
+they would never answer a later ``factorial-5``. Two durable leaf steps per
+level close that gap:
+
+* ``factorial_lookup(k)`` reads promise ``factorial-{k}`` through the
+  promises client; if it is resolved, its value replaces the recursive call
+  (a cache hit), so ``factorial-{m}`` after ``factorial-{n}`` (m > n) only
+  executes the levels above n;
+* ``factorial_publish(k, value)`` creates promise ``factorial-{k}`` (no
+  target, so no task) and resolves it, so any later ``factorial-{k}``
+  invocation returns from the store without executing a body.
+
+Both are idempotent and safe under concurrent overlapping runs: every writer
+publishes the same value, a second resolve is a no-op, and a promise that
+belongs to a running top-level task (it carries ``resonate:target``) is
+never settled from outside; that task settles it itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from resonate.error import ServerError
+from resonate.retry import Exponential
+from resonate.types import Value
+
+from service.patterns.deps import PatternDeps
+from service.patterns.steps import spawn_local
+from service.patterns.validation import require_int
+from service.telemetry.instrument import Telemetry, instrumented
+
+if TYPE_CHECKING:
+    from resonate.context import Context
+
+#: Tag marking a promise published by the factorial cache.
+CACHE_TAG = "resonate-patterns:cache"
+#: Cache entries never time out (the server needs some deadline: far future).
+CACHE_TIMEOUT_AT = (1 << 62) - 1
+#: Lookups and publishes only fail on transient server errors: retry a few times.
+STORE_RETRY = Exponential(delay=1, max_retries=4, factor=2, max_delay=8)
+
+
+def factorial_id(n: int) -> str:
+    """The keyed promise id of ``factorial(n)``."""
+    return f"factorial-{n}"
+
+
+@instrumented("factorial_lookup")
+async def factorial_lookup(ctx: Context, k: int) -> int | None:
+    """Return the cached value of ``factorial(k)``, or None if not resolved yet."""
+    deps = ctx.get_dependency(PatternDeps)
+    metrics = ctx.get_dependency(Telemetry).metrics
+    try:
+        record = await deps.promises.get(factorial_id(k))
+    except ServerError as exc:
+        if exc.code != 404:
+            raise
+        metrics.cache_result("factorial", "lookup", hit=False)
+        return None
+    value = record.value.data
+    hit = record.state == "resolved" and isinstance(value, int)
+    metrics.cache_result("factorial", "lookup", hit=hit)
+    return value if hit and isinstance(value, int) else None
+
+
+@instrumented("factorial_publish")
+async def factorial_publish(ctx: Context, k: int, value: int) -> bool:
+    """Store ``value`` as promise ``factorial-{k}``; return True if this call resolved it."""
+    deps = ctx.get_dependency(PatternDeps)
+    promise_id = factorial_id(k)
+    record = await deps.promises.create(
+        promise_id, CACHE_TIMEOUT_AT, Value(data=None), {CACHE_TAG: "factorial"}
+    )
+    if record.state != "pending" or "resonate:target" in record.tags:
+        return False
+    await deps.promises.resolve(promise_id, Value(data=value))
+    return True
+
+
+@instrumented("factorial")
+async def factorial(ctx: Context, n: object) -> int:
+    """``n!``, recursing through the factorial target group and the keyed cache."""
+    deps = ctx.get_dependency(PatternDeps)
+    settings = deps.settings
+    k = require_int("factorial", "n", n, 0, settings.max_n)
+    if k == 0:
+        value = 1
+    else:
+        cached = await spawn_local(
+            ctx,
+            "factorial_lookup",
+            factorial_lookup,
+            k - 1,
+            retry_policy=STORE_RETRY,
+        ).result()
+        if cached is None:
+            sub = await ctx.options(target=settings.factorial_group).rpc("factorial", k - 1)
+        else:
+            sub = cached
+        value = k * int(sub)
+    if ctx.info.id != factorial_id(k):
+        await spawn_local(
+            ctx,
+            "factorial_publish",
+            factorial_publish,
+            k,
+            value,
+            retry_policy=STORE_RETRY,
+        ).result()
+    return value

@@ -1,0 +1,239 @@
+"""Every Prometheus metric of the worker, defined once.
+
+Metric names are the module-level ``*_NAME`` constants (the dashboard, the
+alert rules and the docs use exactly these; a test cross-checks them) and
+each process builds one :class:`WorkerMetrics` holding the live objects in its
+own registry. Domain code never touches a metric object directly; it calls
+the small helpers on :class:`WorkerMetrics`.
+
+Labels come from fixed sets only: ``function`` (a registered pattern name),
+``group`` (this worker's group), ``outcome``, ``kind`` and ``direction``.
+Never promise ids, inputs or URLs: those would make the series unbounded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+PREFIX = "resonate_patterns_"
+
+#: Promise creations/lookups answered by an already-resolved promise.
+CACHE_HITS_NAME = PREFIX + "promise_cache_hits_total"
+#: Promise creations/lookups that had to execute (or start executing).
+CACHE_MISSES_NAME = PREFIX + "promise_cache_misses_total"
+#: Depth below its root at which each function execution runs.
+EXECUTION_DEPTH_NAME = PREFIX + "execution_depth"
+#: Deepest execution seen under each root, observed when the root finishes.
+ROOT_MAX_DEPTH_NAME = PREFIX + "root_max_depth"
+#: Function executions by outcome.
+EXECUTIONS_NAME = PREFIX + "executions_total"
+#: Wall time of one function execution (one run of the body).
+EXECUTION_DURATION_NAME = PREFIX + "execution_duration_seconds"
+#: Function bodies running right now in this process.
+IN_FLIGHT_NAME = PREFIX + "executions_in_flight"
+#: Children spawned by one fan-out execution.
+FANOUT_WIDTH_NAME = PREFIX + "fanout_width"
+#: Task leases this process lost (server answered 409 to a fenced write).
+LEASES_LOST_NAME = PREFIX + "leases_lost_total"
+#: Tasks delivered to this process again after a release, expiry or resume.
+TASKS_REDELIVERED_NAME = PREFIX + "tasks_redelivered_total"
+#: Worker identity (version, group, pid); value is always 1.
+WORKER_INFO_NAME = PREFIX + "worker_info"
+#: 1 once the worker is connected and registered, 0 while starting/draining.
+WORKER_READY_NAME = PREFIX + "worker_ready"
+
+Outcome = Literal["resolved", "rejected", "suspended", "retried"]
+CacheKind = Literal["invocation", "child", "lookup"]
+
+#: Depth buckets: one per level for shallow trees, coarser for deep recursion
+#: (factorial(n) reaches depth n).
+DEPTH_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000)
+WIDTH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    """One row of the metrics reference table."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+class WorkerMetrics:
+    """The live metric objects of one worker process, in their own registry."""
+
+    def __init__(self, group: str, *, registry: CollectorRegistry | None = None) -> None:
+        self.group = group
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.cache_hits = Counter(
+            CACHE_HITS_NAME,
+            "Promise creations or lookups answered by an already-resolved promise "
+            "(result served from the store, nothing executed).",
+            ["function", "group", "kind"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            CACHE_MISSES_NAME,
+            "Promise creations or lookups that found no resolved promise and had to execute.",
+            ["function", "group", "kind"],
+            registry=r,
+        )
+        self.execution_depth = Histogram(
+            EXECUTION_DEPTH_NAME,
+            "Depth below its root promise at which a function execution ran.",
+            ["function", "group"],
+            buckets=DEPTH_BUCKETS,
+            registry=r,
+        )
+        self.root_max_depth = Histogram(
+            ROOT_MAX_DEPTH_NAME,
+            "Deepest execution this worker saw under a root, observed when the root resolves.",
+            ["function", "group"],
+            buckets=DEPTH_BUCKETS,
+            registry=r,
+        )
+        self.executions = Counter(
+            EXECUTIONS_NAME,
+            "Function executions by outcome (resolved, rejected, suspended, retried).",
+            ["function", "group", "outcome"],
+            registry=r,
+        )
+        self.execution_duration = Histogram(
+            EXECUTION_DURATION_NAME,
+            "Wall time of one run of a function body.",
+            ["function", "group"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            IN_FLIGHT_NAME,
+            "Function bodies executing in this process right now.",
+            ["function", "group"],
+            registry=r,
+        )
+        self.fanout_width = Histogram(
+            FANOUT_WIDTH_NAME,
+            "Children spawned by one fan-out execution.",
+            ["function", "group"],
+            buckets=WIDTH_BUCKETS,
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            LEASES_LOST_NAME,
+            "Fenced task writes the server refused because the lease had moved on (409).",
+            ["group"],
+            registry=r,
+        )
+        self.tasks_redelivered = Counter(
+            TASKS_REDELIVERED_NAME,
+            "Tasks acquired at a version above 0: re-delivered after a release, an "
+            "expired lease or a resume.",
+            ["group"],
+            registry=r,
+        )
+        self.worker_info = Info(
+            WORKER_INFO_NAME.removesuffix("_info"),
+            "Worker identity; the value is always 1.",
+            registry=r,
+        )
+        self.worker_ready = Gauge(
+            WORKER_READY_NAME,
+            "1 when the worker is connected and accepting work, 0 while starting or draining.",
+            ["group"],
+            registry=r,
+        )
+        # Pre-create label sets that must exist from the first scrape, so
+        # rate() and absent() queries work before the first event.
+        self.leases_lost.labels(group)
+        self.tasks_redelivered.labels(group)
+        self.worker_ready.labels(group).set(0)
+
+    def add_process_collectors(self) -> None:
+        """Register process (CPU, memory, fds) and Python platform metrics."""
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def set_identity(self, version: str, pid: str) -> None:
+        """Publish this worker's version, group and pid as the info metric."""
+        self.worker_info.info(
+            {"version": version, "group": self.group, "pid": pid, "os_pid": str(os.getpid())}
+        )
+
+    # -- helpers called by domain code ---------------------------------------------
+
+    def cache_result(self, function: str, kind: CacheKind, *, hit: bool) -> None:
+        """Count one promise creation or lookup as a hit or a miss."""
+        metric = self.cache_hits if hit else self.cache_misses
+        metric.labels(function, self.group, kind).inc()
+
+    def execution_finished(
+        self, function: str, depth: int, outcome: Outcome, seconds: float
+    ) -> None:
+        """Record one finished run of a function body."""
+        self.executions.labels(function, self.group, outcome).inc()
+        self.execution_depth.labels(function, self.group).observe(depth)
+        self.execution_duration.labels(function, self.group).observe(seconds)
+
+    def fanout(self, function: str, width: int) -> None:
+        """Record the number of children one fan-out spawned."""
+        self.fanout_width.labels(function, self.group).observe(width)
+
+    def root_finished(self, function: str, max_depth: int) -> None:
+        """Record the deepest execution seen under a root that just resolved."""
+        self.root_max_depth.labels(function, self.group).observe(max_depth)
+
+
+def metric_docs() -> list[MetricDoc]:
+    """Describe every metric a worker exports, read from the live definitions."""
+    metrics = WorkerMetrics("docs")
+    docs: list[MetricDoc] = []
+    for collector in (
+        metrics.cache_hits,
+        metrics.cache_misses,
+        metrics.execution_depth,
+        metrics.root_max_depth,
+        metrics.executions,
+        metrics.execution_duration,
+        metrics.in_flight,
+        metrics.fanout_width,
+        metrics.leases_lost,
+        metrics.tasks_redelivered,
+        metrics.worker_info,
+        metrics.worker_ready,
+    ):
+        for family in collector.describe():
+            name = family.name
+            if family.type == "counter":
+                name += "_total"
+            elif family.type == "info":
+                name += "_info"
+            labels = tuple(getattr(collector, "_labelnames", ()))
+            if family.type == "info":
+                labels = ("version", "group", "pid", "os_pid")
+            docs.append(MetricDoc(name, family.type, labels, family.documentation))
+    return docs
+
+
+def metrics_table() -> str:
+    """The metrics reference as a Markdown table (embedded in the docs)."""
+    rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for d in metric_docs():
+        labels = ", ".join(f"`{label}`" for label in d.labels) or "-"
+        rows.append(f"| `{d.name}` | {d.type} | {labels} | {d.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,140 @@
+"""The worker process: joins a group, runs every pattern, drains on SIGTERM.
+
+A worker builds Resonate per configuration (embedded or against a server),
+registers every pattern under ``RESONATE_GROUP``, serves ``/healthz``,
+``/readyz`` and ``/metrics``, and runs until SIGINT or SIGTERM. On a signal
+it drains: it stops being ready, hands newly delivered tasks back to the
+group, lets in-flight executions finish for up to
+``RESONATE_PATTERNS_DRAIN_SECONDS``, then disconnects. Work still running at
+the deadline is not lost: its lease is released by the server (or lapses)
+and another worker replays it from the last durable step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import __version__
+from service.runtime import Runtime, build_runtime
+from service.telemetry.logging import get_logger
+from service.telemetry.metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from service.config import Settings
+
+#: How often the drain loop checks for in-flight work.
+_DRAIN_POLL_SECONDS = 0.05
+
+
+def health_app(registry: CollectorRegistry, is_ready: object) -> web.Application:
+    """An aiohttp app serving /healthz, /readyz (``is_ready()``) and /metrics."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = bool(is_ready() if callable(is_ready) else is_ready)
+        return web.json_response(
+            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port``; return the runner and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)
+
+
+class Worker:
+    """One worker process's lifecycle: start, serve, drain, stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics(settings.group)
+        self.metrics.add_process_collectors()
+        self.runtime: Runtime = build_runtime(settings, role="worker", metrics=self.metrics)
+        self.ready = False
+        self.http_port: int | None = None
+        self._stop = asyncio.Event()
+        self._log = get_logger("service.worker")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        app = health_app(self.metrics.registry, lambda: self.ready)
+        runner, self.http_port = await serve_http(
+            app, self.settings.http_host, self.settings.http_port
+        )
+        self.metrics.set_identity(__version__, self.runtime.pid)
+        self.runtime.start()
+        self.ready = True
+        self.metrics.worker_ready.labels(self.settings.group).set(1)
+        self._log.info(
+            "worker_started",
+            group=self.settings.group,
+            pid=self.runtime.pid,
+            mode="embedded" if self.settings.embedded else "remote",
+            server=self.settings.resonate_url,
+            http_port=self.http_port,
+            version=__version__,
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            await self.drain()
+            await runner.cleanup()
+
+    async def drain(self) -> None:
+        """Stop taking work, let in-flight executions finish, then disconnect."""
+        self.ready = False
+        self.metrics.worker_ready.labels(self.settings.group).set(0)
+        if self.runtime.gate is not None:
+            self.runtime.gate.draining = True
+        started = time.monotonic()
+        deadline = started + self.settings.drain_seconds
+        self._log.info("drain_started", in_flight=self.runtime.pending_jobs())
+        while self.runtime.pending_jobs() and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        left = self.runtime.pending_jobs()
+        await self.runtime.stop()
+        self._log.info(
+            "worker_stopped",
+            drained=left == 0,
+            abandoned=left,
+            drain_seconds=round(time.monotonic() - started, 3),
+        )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run a worker until SIGINT/SIGTERM."""
+    await Worker(settings).run()
