@@ -82,6 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for the result (600)"
     )
 
+    server = sub.add_parser("server", help="run the local Resonate server (development and tests)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    server.add_argument("--port", type=int, default=8001, help="port for API and streams (8001)")
+    server.add_argument(
+        "--data",
+        help="SQLite file for the store, or :memory: (default: RESONATE_PATTERNS_DATA_DIR/server.db)",
+    )
+    server.add_argument(
+        "--fsync", action="store_true", help="fsync every commit (survives power loss, slower)"
+    )
+    server.add_argument(
+        "--no-release-on-disconnect",
+        action="store_true",
+        help="leave a disconnected worker's tasks to lease expiry instead of releasing them",
+    )
+    server.add_argument(
+        "--retry-ms", type=int, default=None, help="resend pending tasks this often (30000)"
+    )
+    server.add_argument(
+        "--keepalive-seconds", type=float, default=15.0, help="idle stream ping interval (15)"
+    )
+
+    up = sub.add_parser("up", help="run the local stack: server plus a worker group")
+    up.add_argument("--workers", type=int, default=3, help="worker processes (3)")
+    up.add_argument("--group", help="worker group (default: RESONATE_GROUP)")
+    up.add_argument("--port", type=int, default=8001, help="server port; 0 picks free ports")
+    up.add_argument("--data", help="server store (default: RESONATE_PATTERNS_DATA_DIR/server.db)")
+
     sub.add_parser("demo", help="run a short tour of every pattern and print the results")
     sub.add_parser("config", help="print every setting with its current value")
     return parser
@@ -142,6 +170,40 @@ async def _call(settings: Settings, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _server(settings: Settings, ns: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from service.devserver.server import ServerOptions, serve
+
+    setup_logging(settings.log_level, settings.log_format)
+    if not 0 <= ns.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    if ns.retry_ms is not None and ns.retry_ms < 1:
+        raise UsageError("--retry-ms must be at least 1")
+    data = ns.data if ns.data is not None else str(Path(settings.data_dir) / "server.db")
+    options = ServerOptions(
+        data=data,
+        fsync=ns.fsync,
+        release_on_disconnect=not ns.no_release_on_disconnect,
+        keepalive_seconds=ns.keepalive_seconds,
+        retry_ms=ns.retry_ms,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(options, ns.host, ns.port, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {ns.host}:{ns.port}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 def _config(settings: Settings) -> int:
     _out(settings_table())
     _out("")
@@ -171,6 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _client_logging(settings)
             return asyncio.run(run_demo(settings, _out))
+        if ns.command == "server":
+            return _server(settings, ns)
+        if ns.command == "up":
+            from service.stack import run_stack
+
+            setup_logging(settings.log_level, settings.log_format)
+            if not 1 <= ns.workers <= 64:
+                raise UsageError("--workers must be between 1 and 64")
+            return asyncio.run(
+                run_stack(settings, _out, workers=ns.workers, port=ns.port, data=ns.data,
+                          group=ns.group)
+            )
         if ns.command == "config":
             return _config(settings)
         raise UsageError(f"unknown command {ns.command!r}")

@@ -1,0 +1,60 @@
+"""Delivery addresses: ``poll://any@{group}`` and ``poll://uni@{group}/{pid}``.
+
+The official server parses an address as a URL: the scheme picks the
+transport, the user part is the cast (``any``: one member of the group,
+``uni``: one process), the host is the group and the path the process id.
+Hosts are case-insensitive there, so groups are compared lowercased here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+Cast = Literal["any", "uni"]
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``poll://`` address (``pid`` is None for a bare anycast)."""
+
+    cast: Cast
+    group: str
+    pid: str | None
+
+
+def parse_address(raw: str) -> Address | None:
+    """Parse a ``poll://`` address; None if it is not one this server delivers to."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return None
+    if parts.scheme != "poll" or not parts.hostname:
+        return None
+    cast = parts.username
+    pid = parts.path.lstrip("/") or None
+    if cast == "any":
+        return Address("any", parts.hostname.lower(), pid)
+    if cast == "uni" and pid is not None:
+        return Address("uni", parts.hostname.lower(), pid)
+    return None
+
+
+def is_routable(raw: str) -> bool:
+    """Whether the official server would accept ``raw`` as a target/listener address."""
+    if parse_address(raw) is not None:
+        return True
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https", "gcps") and bool(parts.netloc)
+
+
+def anycast(group: str) -> str:
+    return f"poll://any@{group}"
+
+
+def unicast(group: str, pid: str) -> str:
+    return f"poll://uni@{group}/{pid}"

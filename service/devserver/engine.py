@@ -1,0 +1,190 @@
+"""The local server's engine: state, clock loop, durable group commit, delivery.
+
+Used two ways with the same code: behind the HTTP server (``resonate-patterns
+server``) and in-process for embedded mode. Each request is applied to the
+in-memory :class:`~service.devserver.state.ServerState` at once; its reply
+and any push messages it produced are released only after every change made
+so far is committed to the store. Requests that arrive while a commit is
+running are committed together in the next one (group commit), so the
+durability cost is paid per batch, not per request.
+
+The clock loop expires promise deadlines and task leases and resends
+pending tasks, on the server's own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from service.devserver.state import Outgoing, ServerState
+from service.devserver.store import MEMORY, Batch, Store
+from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from service.devserver.metrics import ServerMetrics
+
+#: Longest the clock loop sleeps; bounds how late a deadline can fire.
+MAX_TICK_SECONDS = 0.1
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    """Serializes requests onto one state, commits them, and hands out messages."""
+
+    def __init__(
+        self,
+        *,
+        data: str = MEMORY,
+        fsync: bool = False,
+        deliver: Callable[[list[Outgoing]], None],
+        retry_ms: int | None = None,
+        clock: Callable[[], int] = now_ms,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.state = ServerState() if retry_ms is None else ServerState(retry_ms=retry_ms)
+        self.store: Store | None = None if data == MEMORY else Store(data, fsync=fsync)
+        self._deliver = deliver
+        self._clock = clock
+        self._metrics = metrics
+        self._applied = 0
+        self._durable = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._log = get_logger("service.devserver")
+        if self.store is not None:
+            promises, tasks, schedules = self.store.load()
+            self.state.load(promises, tasks, schedules)
+            self._log.info(
+                "store_loaded",
+                path=data,
+                promises=len(promises),
+                tasks=len(tasks),
+                pending_tasks=len(self.state.tasks_by_state["pending"]),
+            )
+
+    async def start(self) -> None:
+        """Start the clock loop and re-dispatch every task that is waiting."""
+        self.state.resend_pending()
+        await self._settle_effects()
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self._wait_durable(self._applied)
+        if self._flusher is not None:
+            await self._flusher
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def request(self, envelope: Any) -> dict[str, Any]:
+        """Apply one request; return its reply once the change is durable."""
+        started = time.perf_counter()
+        reply = self.state.handle(self._clock(), envelope)
+        await self._settle_effects()
+        if self._metrics is not None:
+            self._metrics.observe_request(
+                str(reply["kind"]), int(reply["head"]["status"]), time.perf_counter() - started
+            )
+        return reply
+
+    async def release_pid(self, pid: str) -> list[str]:
+        """Release every task leased to ``pid``; return their ids."""
+        released = self.state.release_pid(self._clock(), pid)
+        await self._settle_effects()
+        return released
+
+    async def _settle_effects(self) -> None:
+        """Make the state's pending changes durable, then deliver its messages."""
+        outbox = self.state.take_outbox()
+        if self._has_dirty():
+            self._applied += 1
+        await self._wait_durable(self._applied)
+        if outbox:
+            self._deliver(outbox)
+
+    def _has_dirty(self) -> bool:
+        s = self.state
+        return bool(s.dirty_promises or s.dirty_tasks or s.dirty_schedules)
+
+    async def _wait_durable(self, target: int) -> None:
+        if self.store is None:
+            self._clear_dirty()
+            self._durable = self._applied
+            return
+        if target <= self._durable:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
+        await fut
+
+    def _clear_dirty(self) -> None:
+        s = self.state
+        s.dirty_promises.clear()
+        s.dirty_tasks.clear()
+        s.dirty_schedules.clear()
+
+    def _snapshot(self) -> Batch:
+        s = self.state
+        batch: Batch = {
+            "promises": [(i, s.promise_row(i)) for i in s.dirty_promises],
+            "tasks": [(i, s.task_row(i)) for i in s.dirty_tasks],
+            "schedules": [(i, s.schedules.get(i)) for i in s.dirty_schedules],
+        }
+        self._clear_dirty()
+        return batch
+
+    async def _flush_loop(self) -> None:
+        store = self.store
+        assert store is not None
+        while self._durable < self._applied:
+            upto = self._applied
+            batch = self._snapshot()
+            try:
+                await asyncio.to_thread(store.write, batch)
+            except Exception as exc:
+                # Nothing was acknowledged from this batch; fail its requests
+                # loudly rather than pretending they are stored.
+                self._log.error("store_write_failed", error=str(exc))
+                for _, fut in self._waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self._waiters.clear()
+                raise
+            self._durable = upto
+            still: list[tuple[int, asyncio.Future[None]]] = []
+            for target, fut in self._waiters:
+                if target <= upto:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((target, fut))
+            self._waiters = still
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self._clock()
+            self.state.tick(now)
+            try:
+                await self._settle_effects()
+            except Exception as exc:
+                self._log.error("tick_failed", error=str(exc))
+            deadline = self.state.next_deadline()
+            wait = MAX_TICK_SECONDS
+            if deadline is not None:
+                wait = min(max((deadline - self._clock()) / 1000, 0.005), MAX_TICK_SECONDS)
+            await asyncio.sleep(wait)

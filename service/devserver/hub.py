@@ -1,0 +1,167 @@
+"""Routing push messages to the processes connected over ``GET /poll/{group}/{pid}``.
+
+* ``poll://any@{group}`` goes to exactly one connected member of the group
+  (round robin; the named pid first if the address carries one);
+* ``poll://uni@{group}/{pid}`` goes to that process only.
+
+Unlike the official server, which drops a message nobody is connected for
+and relies on a 30 s resend, a message with no recipient is kept: per group
+for anycast (one ``execute`` per task, the newest), per process for unicast
+(bounded), and delivered when a member connects. A message queued on a
+connection that closes before it was written is routed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from service.devserver.addresses import parse_address
+from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from service.devserver.metrics import ServerMetrics
+    from service.devserver.state import Outgoing
+
+#: Most messages kept for one disconnected process (oldest dropped first).
+MAX_HELD_PER_PID = 1000
+#: Most disconnected processes messages are kept for.
+MAX_HELD_PIDS = 1000
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Connection:
+    """One open message stream of one process."""
+
+    group: str
+    pid: str
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    id: int = field(default_factory=lambda: next(_ids))
+
+
+def _message_kind(message: dict[str, Any]) -> str:
+    kind = message.get("kind")
+    return kind if isinstance(kind, str) else "unknown"
+
+
+def _task_id(message: dict[str, Any]) -> str | None:
+    if message.get("kind") != "execute":
+        return None
+    task = message.get("data", {}).get("task", {})
+    tid = task.get("id")
+    return tid if isinstance(tid, str) else None
+
+
+class Hub:
+    """Connected processes by group, and the messages waiting for them."""
+
+    def __init__(self, metrics: ServerMetrics | None = None) -> None:
+        self._groups: dict[str, list[Connection]] = {}
+        self._turn: dict[str, int] = {}
+        #: group -> held anycast messages (execute keyed by task id, others by a counter).
+        self._held_any: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        #: (group, pid) -> held unicast messages.
+        self._held_uni: OrderedDict[tuple[str, str], deque[dict[str, Any]]] = OrderedDict()
+        self._metrics = metrics
+        self._log = get_logger("service.devserver.hub")
+
+    def connected(self) -> dict[str, int]:
+        """Number of open streams per group."""
+        return {g: len(c) for g, c in self._groups.items() if c}
+
+    def members(self, group: str) -> list[Connection]:
+        return list(self._groups.get(group, ()))
+
+    def has_pid(self, pid: str) -> bool:
+        return any(c.pid == pid for conns in self._groups.values() for c in conns)
+
+    def _count(self, message: dict[str, Any], outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.messages.labels(_message_kind(message), outcome).inc()
+
+    def connect(self, group: str, pid: str) -> Connection:
+        """Register a stream and hand it whatever was held for it."""
+        group = group.lower()
+        conn = Connection(group, pid)
+        self._groups.setdefault(group, []).append(conn)
+        for message in self._held_uni.pop((group, pid), deque()):
+            self._put(conn, message)
+        held = self._held_any.pop(group, None)
+        if held:
+            for message in held.values():
+                self._put(conn, message)
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Remove a stream; route again anything it had not written yet."""
+        conns = self._groups.get(conn.group, [])
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            self._groups.pop(conn.group, None)
+        leftover: list[dict[str, Any]] = []
+        while not conn.queue.empty():
+            leftover.append(conn.queue.get_nowait())
+        for message in leftover:
+            if message.get("kind") == "execute":
+                self._route_any(conn.group, None, message)
+            else:
+                self._hold_uni(conn.group, conn.pid, message)
+
+    def deliver(self, outbox: list[Outgoing]) -> None:
+        """Route each message to its recipient, or keep it until one connects."""
+        for out in outbox:
+            address = parse_address(out.address)
+            if address is None:
+                self._count(out.message, "unroutable")
+                self._log.warning("message_unroutable", address=out.address)
+            elif address.cast == "any":
+                self._route_any(address.group, address.pid, out.message)
+            else:
+                assert address.pid is not None
+                self._route_uni(address.group, address.pid, out.message)
+
+    def _put(self, conn: Connection, message: dict[str, Any]) -> None:
+        conn.queue.put_nowait(message)
+        self._count(message, "delivered")
+
+    def _route_any(self, group: str, pid: str | None, message: dict[str, Any]) -> None:
+        conns = self._groups.get(group)
+        if not conns:
+            held = self._held_any.setdefault(group, OrderedDict())
+            key = _task_id(message) or f"#{next(_ids)}"
+            held.pop(key, None)
+            held[key] = message
+            self._count(message, "held")
+            return
+        if pid is not None:
+            for conn in conns:
+                if conn.pid == pid:
+                    self._put(conn, message)
+                    return
+        turn = self._turn.get(group, 0) % len(conns)
+        self._turn[group] = turn + 1
+        self._put(conns[turn], message)
+
+    def _route_uni(self, group: str, pid: str, message: dict[str, Any]) -> None:
+        for conn in self._groups.get(group, ()):
+            if conn.pid == pid:
+                self._put(conn, message)
+                return
+        self._hold_uni(group, pid, message)
+
+    def _hold_uni(self, group: str, pid: str, message: dict[str, Any]) -> None:
+        key = (group, pid)
+        held = self._held_uni.setdefault(key, deque(maxlen=MAX_HELD_PER_PID))
+        self._held_uni.move_to_end(key)
+        held.append(message)
+        self._count(message, "held")
+        while len(self._held_uni) > MAX_HELD_PIDS:
+            _, dropped = self._held_uni.popitem(last=False)
+            for lost in dropped:
+                self._count(lost, "dropped")

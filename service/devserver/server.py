@@ -1,0 +1,200 @@
+"""``resonate-patterns server``: the local Resonate server over HTTP.
+
+Routes (the official server's, plus health and metrics on the same port):
+
+* ``POST /`` — one protocol request envelope in, one reply envelope out; the
+  HTTP status mirrors ``head.status``. A malformed body, an unknown kind,
+  missing fields or an oversized body get a 4xx envelope with a clear
+  message; a client's mistake never produces a 5xx and never touches what
+  is stored.
+* ``GET /poll/{group}/{pid}`` — Server-Sent Events: one ``data:`` line per
+  message, ``: ping`` comments while idle. When a process's last stream
+  closes, the tasks it holds are released at once (``--no-release-on-disconnect``
+  turns that off and leaves them to lease expiry).
+* ``GET /healthz`` ``/readyz`` ``/metrics`` (``/health`` and ``/ready`` too,
+  as on the official server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.devserver.engine import Engine
+from service.devserver.hub import Hub
+from service.devserver.metrics import ServerMetrics
+from service.devserver.state import reply
+from service.devserver.store import MEMORY
+from service.telemetry.logging import get_logger
+
+#: Largest request body accepted (a promise value is base64 JSON; 10 MiB is plenty).
+MAX_BODY_BYTES = 10 * 1024 * 1024
+#: Group and process ids on the stream URL: the characters an address can carry.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,252}$")
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a local server runs (see ``resonate-patterns server --help``)."""
+
+    data: str = MEMORY
+    fsync: bool = False
+    release_on_disconnect: bool = True
+    keepalive_seconds: float = 15.0
+    retry_ms: int | None = None
+
+
+class DevServer:
+    """The HTTP front of an :class:`Engine`, with the SSE hub."""
+
+    def __init__(self, options: ServerOptions | None = None) -> None:
+        self.options = options or ServerOptions()
+        self.metrics = ServerMetrics()
+        self.hub = Hub(self.metrics)
+        self.engine = Engine(
+            data=self.options.data,
+            fsync=self.options.fsync,
+            deliver=self.hub.deliver,
+            retry_ms=self.options.retry_ms,
+            metrics=self.metrics,
+        )
+        self.metrics.watch_state(lambda: self.engine.state, self.hub.connected)
+        self.ready = False
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._log = get_logger("service.devserver")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/", self._api)
+        app.router.add_get("/poll/{group}/{pid}", self._poll)
+        for path in ("/healthz", "/health"):
+            app.router.add_get(path, self._healthz)
+        for path in ("/readyz", "/ready"):
+            app.router.add_get(path, self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8001) -> int:
+        """Load the store, start the clock loop and listen; return the bound port."""
+        await self.engine.start()
+        # Cancel a handler when its client goes away: that is how a crashed
+        # worker's stream is noticed at once (and its tasks released).
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self.ready = True
+        self._log.info(
+            "server_started",
+            host=host,
+            port=self.port,
+            data=self.options.data,
+            release_on_disconnect=self.options.release_on_disconnect,
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.engine.stop()
+        self._log.info("server_stopped")
+
+    # ------------------------------------------------------------------ routes
+
+    async def _api(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _envelope(
+                reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+            )
+        try:
+            envelope = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            return _envelope(reply("unknown", "0", 400, f"Invalid request envelope: {exc}"))
+        try:
+            out = await self.engine.request(envelope)
+        except Exception as exc:  # a bug here, never the client's fault
+            self._log.exception("request_failed", error=str(exc))
+            return _envelope(reply("unknown", "0", 500, f"Internal error: {exc}"))
+        return _envelope(out)
+
+    async def _poll(self, request: web.Request) -> web.StreamResponse:
+        group, pid = request.match_info["group"], request.match_info["pid"]
+        if not _NAME_RE.match(group) or not _NAME_RE.match(pid):
+            return web.json_response(
+                {"error": "group and pid must be 1-253 URL-safe characters"}, status=400
+            )
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        conn = self.hub.connect(group, pid)
+        self._log.info("worker_connected", group=conn.group, pid=pid)
+        keepalive = self.options.keepalive_seconds
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(conn.queue.get(), keepalive)
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    continue
+                try:
+                    await response.write(b"data: " + msgspec.json.encode(message) + b"\n\n")
+                except BaseException:
+                    conn.queue.put_nowait(message)  # routed again on disconnect
+                    raise
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.hub.disconnect(conn)
+            released: list[str] = []
+            if self.options.release_on_disconnect and not self.hub.has_pid(pid):
+                with contextlib.suppress(Exception):
+                    released = await asyncio.shield(self.engine.release_pid(pid))
+            self._log.info(
+                "worker_disconnected", group=conn.group, pid=pid, released_tasks=len(released)
+            )
+        return response
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+def _envelope(out: dict[str, object]) -> web.Response:
+    head = out["head"]
+    status = head["status"] if isinstance(head, dict) else 500
+    return web.Response(body=msgspec.json.encode(out), status=int(status), content_type=_JSON)
+
+
+async def serve(options: ServerOptions, host: str, port: int, stop: asyncio.Event) -> None:
+    """Run a server until ``stop`` is set."""
+    server = DevServer(options)
+    await server.start(host, port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,325 @@
+"""``resonate-patterns up``: the local stack, supervised like a tiny Deployment.
+
+Starts the local Resonate server and N worker processes, each its own OS
+process with its own log file, prints where everything is, restarts any
+process that dies (with backoff, as a ReplicaSet would), and on Ctrl-C or
+SIGTERM stops the workers first (they drain) and the server last. The same
+supervisor can change the number of workers while running (:meth:`Stack.scale`),
+which is what ``up --autoscale`` drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import aiohttp
+
+from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from service.config import Settings
+
+#: Restart backoff for a process that keeps dying: 0.5 s doubling to 10 s.
+RESTART_BACKOFF = (0.5, 10.0)
+#: A process that ran this long before dying restarts without backoff.
+STABLE_SECONDS = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = RESTART_BACKOFF[0]
+    retired: bool = False
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=self.env,
+            stdout=self._log_file,
+            stderr=self._log_file,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+
+    async def terminate(self, grace: float) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return proc.returncode
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """Where everything of one local stack lives."""
+
+    host: str
+    server_port: int
+    worker_ports: list[int]
+    data_dir: Path
+    server_data: str
+    group: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.server_port}"
+
+
+def plan_stack(
+    settings: Settings, *, workers: int, port: int, data: str | None, group: str | None
+) -> StackPlan:
+    """Choose ports and paths; ``port=0`` picks free ports for everything."""
+    data_dir = Path(settings.data_dir).resolve()
+    host = "127.0.0.1"
+    server_port = port or free_port(host)
+    base = settings.http_port
+    worker_ports = [free_port(host) if port == 0 or base == 0 else base + i for i in range(workers)]
+    server_data = data if data is not None else str(data_dir / "server.db")
+    return StackPlan(host, server_port, worker_ports, data_dir, server_data, group or settings.group)
+
+
+class Stack:
+    """Supervises one server and a group of workers."""
+
+    def __init__(
+        self,
+        plan: StackPlan,
+        *,
+        out: Callable[[str], None],
+        extra_env: dict[str, str] | None = None,
+        server_args: list[str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self._out = out
+        self._env = {**os.environ, **(extra_env or {})}
+        self._server_args = server_args or []
+        self.server = self._server_child()
+        self.workers: list[Child] = []
+        self._next_worker = 1
+        self._stopping = False
+        self._log = get_logger("service.stack")
+        self._spare_ports = list(plan.worker_ports)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.plan.data_dir / "logs"
+
+    def _cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "service", *args]
+
+    def _server_child(self) -> Child:
+        p = self.plan
+        argv = self._cli(
+            "server", "--host", p.host, "--port", str(p.server_port), "--data", p.server_data,
+            *self._server_args,
+        )
+        env = {**self._env, "RESONATE_PATTERNS_LOG_FORMAT": "json"}
+        return Child("server", argv, env, self.logs_dir / "server.log", p.server_port)
+
+    def _worker_child(self) -> Child:
+        index = self._next_worker
+        self._next_worker += 1
+        port = self._spare_ports.pop(0) if self._spare_ports else free_port(self.plan.host)
+        env = {
+            **self._env,
+            "RESONATE_URL": self.plan.url,
+            "RESONATE_GROUP": self.plan.group,
+            "RESONATE_PATTERNS_HTTP_HOST": self.plan.host,
+            "RESONATE_PATTERNS_HTTP_PORT": str(port),
+            "RESONATE_PATTERNS_LOG_FORMAT": "json",
+        }
+        name = f"worker-{index}"
+        return Child(name, self._cli("worker"), env, self.logs_dir / f"{name}.log", port)
+
+    async def _wait_ready(self, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        msg = f"{url} did not become ready within {timeout:g}s"
+        raise RuntimeError(msg)
+
+    async def start(self) -> None:
+        """Start the server, wait until it is ready, then start the workers."""
+        self.plan.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.server.spawn()
+        try:
+            await self._wait_ready(f"{self.plan.url}/readyz")
+        except RuntimeError:
+            await self.server.terminate(2)
+            raise RuntimeError(
+                f"the local server did not start; see {self.server.log_path}"
+            ) from None
+        for _ in self.plan.worker_ports:
+            await self._add_worker()
+        await asyncio.gather(
+            *(self._wait_ready(f"http://{self.plan.host}:{w.port}/readyz") for w in self.workers)
+        )
+        self._write_manifest()
+
+    async def _add_worker(self) -> Child:
+        child = self._worker_child()
+        await child.spawn()
+        self.workers.append(child)
+        return child
+
+    def describe(self) -> list[str]:
+        """Human lines: where the server, each worker's metrics and the logs are."""
+        p = self.plan
+        lines = [
+            f"server     {p.url}  (metrics {p.url}/metrics, data {p.server_data})",
+        ]
+        for w in self.workers:
+            lines.append(
+                f"{w.name:<10} metrics http://{p.host}:{w.port}/metrics  (pid {w.pid})"
+            )
+        lines.append(f"logs       {self.logs_dir}/")
+        lines.append(f"try        RESONATE_URL={p.url} resonate-patterns call factorial 20")
+        return lines
+
+    def _write_manifest(self) -> None:
+        manifest = {
+            "url": self.plan.url,
+            "group": self.plan.group,
+            "server": {"pid": self.server.pid, "log": str(self.server.log_path)},
+            "workers": [
+                {
+                    "name": w.name,
+                    "pid": w.pid,
+                    "metrics": f"http://{self.plan.host}:{w.port}/metrics",
+                    "log": str(w.log_path),
+                }
+                for w in self.workers
+            ],
+        }
+        (self.plan.data_dir / "stack.json").write_text(json.dumps(manifest, indent=2))
+
+    async def scale(self, replicas: int) -> None:
+        """Grow or shrink the worker group to ``replicas`` processes."""
+        while len(self.workers) < replicas:
+            child = await self._add_worker()
+            self._out(f"scaled up: started {child.name} (pid {child.pid})")
+        while len(self.workers) > replicas:
+            child = self.workers.pop()
+            child.retired = True
+            code = await child.terminate(grace=30)
+            self._out(f"scaled down: stopped {child.name} (exit {code})")
+        self._write_manifest()
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart dead processes until ``stop`` is set."""
+        while not stop.is_set():
+            for child in [self.server, *self.workers]:
+                proc = child.proc
+                if proc is None or proc.returncode is None or child.retired:
+                    continue
+                await self._restart(child, proc.returncode)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    async def _restart(self, child: Child, code: int) -> None:
+        ran = time.monotonic() - child.started_at
+        if ran >= STABLE_SECONDS:
+            child.backoff = RESTART_BACKOFF[0]
+        delay = child.backoff
+        child.backoff = min(child.backoff * 2, RESTART_BACKOFF[1])
+        child.restarts += 1
+        self._out(
+            f"{child.name} exited with code {code} after {ran:.1f}s; "
+            f"restarting in {delay:g}s (restart #{child.restarts})"
+        )
+        self._log.warning("process_exited", name=child.name, code=code, restart=child.restarts)
+        await child.terminate(0)
+        await asyncio.sleep(delay)
+        await child.spawn()
+        self._write_manifest()
+
+    async def stop(self) -> None:
+        """Stop workers (they drain), then the server."""
+        self._stopping = True
+        codes = await asyncio.gather(*(w.terminate(grace=30) for w in self.workers))
+        for w, code in zip(self.workers, codes, strict=True):
+            self._out(f"stopped {w.name} (exit {code})")
+        code = await self.server.terminate(grace=10)
+        self._out(f"stopped server (exit {code})")
+
+
+async def run_stack(
+    settings: Settings,
+    out: Callable[[str], None],
+    *,
+    workers: int,
+    port: int,
+    data: str | None,
+    group: str | None,
+    server_args: list[str] | None = None,
+) -> int:
+    """``up``: run the stack in the foreground until SIGINT/SIGTERM."""
+    plan = plan_stack(settings, workers=workers, port=port, data=data, group=group)
+    stack = Stack(plan, out=out, server_args=server_args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    out(f"resonate-patterns local stack: group {plan.group!r}, {workers} worker(s)")
+    for line in stack.describe():
+        out(line)
+    out("press Ctrl-C to stop")
+    try:
+        await stack.supervise(stop)
+    finally:
+        await stack.stop()
+    return 0
