@@ -17,14 +17,16 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import __version__
 from service.config import Settings, load_settings, settings_table
 from service.errors import ConfigError, InputError, ResonatePatternsError, UsageError
 from service.patterns.registry import PATTERNS, pattern
 from service.telemetry.logging import setup_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -87,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=8001, help="port for API and streams (8001)")
     server.add_argument(
         "--data",
-        help="SQLite file for the store, or :memory: (default: RESONATE_PATTERNS_DATA_DIR/server.db)",
+        help="SQLite file for the store, or :memory: "
+        "(default: RESONATE_PATTERNS_DATA_DIR/server.db)",
     )
     server.add_argument(
         "--fsync", action="store_true", help="fsync every commit (survives power loss, slower)"
@@ -142,7 +145,8 @@ def _call_args(ns: argparse.Namespace) -> tuple[Any, ...]:
 
 def _human(value: Any) -> str:
     if isinstance(value, dict | list):
-        return json.dumps(value, indent=2)
+        compact = json.dumps(value)
+        return compact if len(compact) <= 100 else json.dumps(value, indent=2)
     return str(value)
 
 
@@ -157,7 +161,7 @@ async def _call(settings: Settings, ns: argparse.Namespace) -> int:
     runtime.start()
     try:
         result = await invoke(
-            runtime, target, args, promise_id=ns.promise_id, timeout=ns.timeout
+            runtime, target, args, promise_id=ns.promise_id, wait_seconds=ns.timeout
         )
     finally:
         await runtime.stop()
@@ -242,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 1 <= ns.workers <= 64:
                 raise UsageError("--workers must be between 1 and 64")
             return asyncio.run(
-                run_stack(settings, _out, workers=ns.workers, port=ns.port, data=ns.data,
-                          group=ns.group)
+                run_stack(
+                    settings, _out, workers=ns.workers, port=ns.port, data=ns.data, group=ns.group
+                )
             )
         if ns.command == "config":
             return _config(settings)

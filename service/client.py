@@ -82,7 +82,7 @@ async def invoke(
     args: tuple[Any, ...],
     *,
     promise_id: str | None = None,
-    timeout: float | None = None,
+    wait_seconds: float | None = None,
 ) -> CallResult:
     """Run ``pattern(*args)`` under its keyed id and wait for the result."""
     pattern.validate(runtime.settings, args)
@@ -92,9 +92,9 @@ async def invoke(
     target = runtime.resonate.options(target=runtime.settings.group)
     handle = target.rpc(pid, pattern.name, *args)
     try:
-        value = await asyncio.wait_for(handle.result(), timeout)
+        value = await asyncio.wait_for(handle.result(), wait_seconds)
     except TimeoutError:
-        raise WaitTimeoutError(pid, timeout or 0) from None
+        raise WaitTimeoutError(pid, wait_seconds or 0) from None
     except Exception as exc:
         raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlparse
 
 from service.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 #: A group name becomes the host part of a ``poll://any@{group}`` address, and
 #: the server lowercases URL hosts: an uppercase group would never be delivered
@@ -299,7 +301,7 @@ class Settings:
 
 def specs() -> dict[str, Spec]:
     """Map each :class:`Settings` field name to its :class:`Spec`."""
-    return {f.name: cast(Spec, f.metadata["spec"]) for f in dataclasses.fields(Settings)}
+    return {f.name: cast("Spec", f.metadata["spec"]) for f in dataclasses.fields(Settings)}
 
 
 def env_names() -> list[str]:

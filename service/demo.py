@@ -8,16 +8,22 @@ and prints each result with whether it was cached and how long it took.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 from service.client import CallResult, invoke
 from service.patterns.links import SyntheticGraph
 from service.patterns.registry import pattern
 from service.runtime import build_runtime
+from service.stack import Stack, plan_stack
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.config import Settings
+
+#: Worker processes the demo's local stack runs.
+DEMO_WORKERS = 3
 
 #: The tour: (pattern, arguments). Chosen to show computed vs cached results.
 STEPS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -45,10 +51,8 @@ def describe(result: CallResult) -> str:
     return f"{how} {result.elapsed_ms:8.1f} ms  {result.pattern:<16} {short}"
 
 
-async def run_demo(settings: Settings, out: Callable[[str], None]) -> int:
-    """Run :data:`STEPS` against the configured server (embedded by default)."""
-    where = settings.resonate_url or "embedded in-process server"
-    out(f"resonate-patterns demo: group {settings.group!r} on {where}")
+async def run_steps(settings: Settings, out: Callable[[str], None]) -> None:
+    """Invoke every step against ``settings`` (a server URL, or embedded)."""
     runtime = build_runtime(settings, role="client")
     runtime.start()
     try:
@@ -57,4 +61,33 @@ async def run_demo(settings: Settings, out: Callable[[str], None]) -> int:
             out(describe(result))
     finally:
         await runtime.stop()
+
+
+async def run_demo(settings: Settings, out: Callable[[str], None]) -> int:
+    """Run :data:`STEPS` on a fresh local stack, or on RESONATE_URL if it is set.
+
+    With no server configured, the demo starts the local stack (a server with
+    a throwaway store and three worker processes), so the first line always
+    shows a computed factorial and the next two the cache.
+    """
+    if settings.resonate_url is not None:
+        out(f"resonate-patterns demo: group {settings.group!r} on {settings.resonate_url}")
+        await run_steps(settings, out)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="resonate-patterns-demo-") as tmp:
+        demo_settings = settings.replace(data_dir=tmp)
+        plan = plan_stack(demo_settings, workers=DEMO_WORKERS, port=0, data=None, group=None)
+        stack = Stack(plan, out=out)
+        out(
+            f"starting the local stack: 1 server and {DEMO_WORKERS} workers in group {plan.group!r}"
+        )
+        await stack.start()
+        for line in stack.describe()[:-1]:
+            out(line)
+        out("")
+        try:
+            await run_steps(settings.replace(resonate_url=plan.url), out)
+        finally:
+            out("")
+            await stack.stop()
     return 0

@@ -238,5 +238,7 @@ def build_runtime(
     if embedded is not None or role == "worker":
         register_all(resonate)
     resonate.with_dependency(telemetry)
-    resonate.with_dependency(PatternDeps(settings=settings, promises=resonate.promises, links=links))
+    resonate.with_dependency(
+        PatternDeps(settings=settings, promises=resonate.promises, links=links)
+    )
     return Runtime(settings, role, pid, resonate, telemetry, replies, links, gate, embedded)

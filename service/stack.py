@@ -66,7 +66,7 @@ class Child:
 
     async def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - owned by the child
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             env=self.env,
@@ -122,7 +122,9 @@ def plan_stack(
     base = settings.http_port
     worker_ports = [free_port(host) if port == 0 or base == 0 else base + i for i in range(workers)]
     server_data = data if data is not None else str(data_dir / "server.db")
-    return StackPlan(host, server_port, worker_ports, data_dir, server_data, group or settings.group)
+    return StackPlan(
+        host, server_port, worker_ports, data_dir, server_data, group or settings.group
+    )
 
 
 class Stack:
@@ -157,7 +159,13 @@ class Stack:
     def _server_child(self) -> Child:
         p = self.plan
         argv = self._cli(
-            "server", "--host", p.host, "--port", str(p.server_port), "--data", p.server_data,
+            "server",
+            "--host",
+            p.host,
+            "--port",
+            str(p.server_port),
+            "--data",
+            p.server_data,
             *self._server_args,
         )
         env = {**self._env, "RESONATE_PATTERNS_LOG_FORMAT": "json"}
@@ -178,8 +186,8 @@ class Stack:
         name = f"worker-{index}"
         return Child(name, self._cli("worker"), env, self.logs_dir / f"{name}.log", port)
 
-    async def _wait_ready(self, url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def _wait_ready(self, url: str, within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 with contextlib.suppress(aiohttp.ClientError, OSError):
@@ -187,7 +195,7 @@ class Stack:
                         if resp.status == 200:
                             return
                 await asyncio.sleep(0.05)
-        msg = f"{url} did not become ready within {timeout:g}s"
+        msg = f"{url} did not become ready within {within:g}s"
         raise RuntimeError(msg)
 
     async def start(self) -> None:
@@ -221,9 +229,7 @@ class Stack:
             f"server     {p.url}  (metrics {p.url}/metrics, data {p.server_data})",
         ]
         for w in self.workers:
-            lines.append(
-                f"{w.name:<10} metrics http://{p.host}:{w.port}/metrics  (pid {w.pid})"
-            )
+            lines.append(f"{w.name:<10} metrics http://{p.host}:{w.port}/metrics  (pid {w.pid})")
         lines.append(f"logs       {self.logs_dir}/")
         lines.append(f"try        RESONATE_URL={p.url} resonate-patterns call factorial 20")
         return lines

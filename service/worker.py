@@ -123,7 +123,8 @@ class Worker:
         started = time.monotonic()
         deadline = started + self.settings.drain_seconds
         self._log.info("drain_started", in_flight=self.runtime.pending_jobs())
-        while self.runtime.pending_jobs() and time.monotonic() < deadline:
+        # The SDK offers no completion event for its jobs, so poll the count.
+        while self.runtime.pending_jobs() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
         left = self.runtime.pending_jobs()
         await self.runtime.stop()

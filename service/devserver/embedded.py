@@ -12,14 +12,18 @@ process, which makes the factorial cache permanent on a laptop too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from service.devserver.addresses import anycast, unicast
 from service.devserver.engine import Engine
-from service.devserver.state import Outgoing
 from service.devserver.store import MEMORY
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from service.devserver.state import Outgoing
 
 
 class EmbeddedConnection:

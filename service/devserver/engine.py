@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.devserver.state import Outgoing, ServerState
@@ -25,6 +24,8 @@ from service.devserver.store import MEMORY, Batch, Store
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.devserver.metrics import ServerMetrics
 
 #: Longest the clock loop sleeps; bounds how late a deadline can fire.

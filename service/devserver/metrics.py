@@ -9,7 +9,6 @@ never the whole store).
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,6 +19,8 @@ from service.devserver.addresses import parse_address
 from service.devserver.state import KINDS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from service.devserver.state import ServerState
 
 PREFIX = "resonate_devserver_"
@@ -47,7 +48,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self._state()
         tasks = GaugeMetricFamily(
-            TASKS_NAME, "Tasks that are pending or acquired, per target group.",
+            TASKS_NAME,
+            "Tasks that are pending or acquired, per target group.",
             labels=["group", "state"],
         )
         for task_state in ("pending", "acquired", "suspended"):
@@ -65,7 +67,8 @@ class _StateCollector(Collector):
             promises.add_metric([promise_state], len(ids))
         yield promises
         workers = GaugeMetricFamily(
-            CONNECTED_WORKERS_NAME, "Processes connected to the message stream, per group.",
+            CONNECTED_WORKERS_NAME,
+            "Processes connected to the message stream, per group.",
             labels=["group"],
         )
         for group, count in sorted(self._connections().items()):
@@ -79,16 +82,22 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
-            REQUESTS_NAME, "Requests by kind and reply status.", ["kind", "status"],
+            REQUESTS_NAME,
+            "Requests by kind and reply status.",
+            ["kind", "status"],
             registry=self.registry,
         )
         self.request_duration = Histogram(
-            REQUEST_DURATION_NAME, "Time to apply and commit one request, by kind.", ["kind"],
+            REQUEST_DURATION_NAME,
+            "Time to apply and commit one request, by kind.",
+            ["kind"],
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
         self.messages = Counter(
-            MESSAGES_NAME, "Push messages by kind and what happened to them.", ["kind", "outcome"],
+            MESSAGES_NAME,
+            "Push messages by kind and what happened to them.",
+            ["kind", "outcome"],
             registry=self.registry,
         )
 

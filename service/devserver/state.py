@@ -45,7 +45,7 @@ MAX_ID_CHARS = 8192
 I64_MAX = (1 << 63) - 1
 
 
-class Fail(Exception):  # noqa: N818 - a control-flow signal, not an error type
+class Fail(Exception):
     """Abort the current request with ``status`` and a plain-string message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -660,9 +660,7 @@ def _promise_settle(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _
     return 200, {"promise": _settle_request(s, now, d).record()}
 
 
-def _promise_register_listener(
-    s: ServerState, now: int, d: dict[str, Any], corr: str
-) -> _Result:
+def _promise_register_listener(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _Result:
     awaited = _id(d, "awaited")
     address = _str(d, "address")
     if not is_routable(address):
@@ -675,9 +673,7 @@ def _promise_register_listener(
     return 200, {"promise": p.record()}
 
 
-def _promise_register_callback(
-    s: ServerState, now: int, d: dict[str, Any], corr: str
-) -> _Result:
+def _promise_register_callback(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _Result:
     awaited, awaiter = _id(d, "awaited"), _id(d, "awaiter")
     if awaited == awaiter:
         raise Fail(400, "Awaited and awaiter must be different promises")
@@ -702,9 +698,7 @@ def _promise_register_callback(
     return 200, {"promise": p.record()}
 
 
-def _search_page(
-    ids: SortedSet, d: dict[str, Any], keep: Any, render: Any, key: str
-) -> _Result:
+def _search_page(ids: SortedSet, d: dict[str, Any], keep: Any, render: Any, key: str) -> _Result:
     limit = d.get("limit", DEFAULT_LIMIT)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise Fail(400, "Limit must be a positive integer")

@@ -45,7 +45,7 @@ class Store:
         """Every stored promise, task and schedule row."""
 
         def rows(table: str) -> list[dict[str, Any]]:
-            cur = self._db.execute(f"SELECT doc FROM {table} ORDER BY id")  # noqa: S608
+            cur = self._db.execute(f"SELECT doc FROM {table} ORDER BY id")
             return [json.loads(doc) for (doc,) in cur]
 
         return rows("promises"), rows("tasks"), rows("schedules")
@@ -60,12 +60,12 @@ class Store:
                 deletes = [(i,) for i, r in changes if r is None]
                 if upserts:
                     db.executemany(
-                        f"INSERT INTO {table} (id, doc) VALUES (?, ?) "  # noqa: S608
+                        f"INSERT INTO {table} (id, doc) VALUES (?, ?) "
                         "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
                         upserts,
                     )
                 if deletes:
-                    db.executemany(f"DELETE FROM {table} WHERE id = ?", deletes)  # noqa: S608
+                    db.executemany(f"DELETE FROM {table} WHERE id = ?", deletes)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -11,12 +11,13 @@ children run elsewhere and are counted from the server's replies instead
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from service.telemetry.instrument import Telemetry
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from resonate.context import Context, ResonateFuture
     from resonate.retry import RetryPolicy
 

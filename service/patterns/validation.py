@@ -56,7 +56,9 @@ def require_batch(function: str, name: str, value: object, max_width: int) -> li
 def require_record_id(function: str, value: object) -> int | str:
     """Return ``value`` if it is a record id: an integer or a non-empty short string."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InputError(function, f"record ids must be integers or strings, got {_describe(value)}")
+        raise InputError(
+            function, f"record ids must be integers or strings, got {_describe(value)}"
+        )
     if isinstance(value, str) and not 0 < len(value) <= MAX_RECORD_ID_CHARS:
         raise InputError(
             function, f"record id strings must have 1 to {MAX_RECORD_ID_CHARS} characters"
@@ -66,13 +68,17 @@ def require_record_id(function: str, value: object) -> int | str:
 
 def require_record_ids(function: str, value: object, max_width: int) -> list[int | str]:
     """Return a validated batch of record ids."""
-    return [require_record_id(function, v) for v in require_batch(function, "ids", value, max_width)]
+    return [
+        require_record_id(function, v) for v in require_batch(function, "ids", value, max_width)
+    ]
 
 
 def require_items(function: str, value: object, max_width: int) -> list[int]:
     """Return a validated batch of integer work items."""
     items = require_batch(function, "items", value, max_width)
-    return [require_int(function, f"items[{i}]", v, ITEM_MIN, ITEM_MAX) for i, v in enumerate(items)]
+    return [
+        require_int(function, f"items[{i}]", v, ITEM_MIN, ITEM_MAX) for i, v in enumerate(items)
+    ]
 
 
 def require_url(function: str, value: object) -> str:

@@ -23,10 +23,11 @@ import structlog
 from resonate.error import Suspended
 
 from service.telemetry.logging import get_logger
-from service.telemetry.metrics import Outcome, WorkerMetrics
 
 if TYPE_CHECKING:
     from resonate.context import Context
+
+    from service.telemetry.metrics import Outcome, WorkerMetrics
 
 #: Bound on per-promise and per-root bookkeeping; oldest entries are evicted.
 _TRACK_LIMIT = 10_000
@@ -116,16 +117,19 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
             info = ctx.info
             depth = depth_of(info.id)
             attempt = telemetry.begin(info.id, info.origin_id, depth)
-            log = get_logger("service.execution")
+            context = {
+                "promise_id": info.id,
+                "root_id": info.origin_id,
+                "function": name,
+                "depth": depth,
+                "attempt": attempt,
+            }
+            # Bound on the logger for these two lines, and as contextvars for
+            # anything logged while the body runs (the SDK, aiohttp, ...).
+            log = get_logger("service.execution").bind(**context)
             in_flight = telemetry.metrics.in_flight.labels(name, telemetry.group)
             outcome: Outcome = "resolved"
-            with structlog.contextvars.bound_contextvars(
-                promise_id=info.id,
-                root_id=info.origin_id,
-                function=name,
-                depth=depth,
-                attempt=attempt,
-            ):
+            with structlog.contextvars.bound_contextvars(**context):
                 log.info("execution_started", args=_summarize(args))
                 started = time.perf_counter()
                 in_flight.inc()

@@ -1,0 +1,113 @@
+"""Shared fixtures: settings, an embedded runtime, log capture and CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import structlog
+
+from service.config import Settings, load_settings
+from service.runtime import Runtime, build_runtime
+from service.telemetry.metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_settings(**env: str) -> Settings:
+    """Settings from defaults plus ``env`` (raw values, as in the environment)."""
+    return load_settings({k: v for k, v in env.items()})
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def embedded() -> AsyncIterator[Callable[..., Any]]:
+    """Factory for started embedded runtimes (stopped at teardown)."""
+    started: list[Runtime] = []
+
+    async def make(**env: str) -> Runtime:
+        s = make_settings(**env)
+        runtime = build_runtime(s, role="client", metrics=WorkerMetrics(s.group))
+        runtime.start()
+        started.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in started:
+        await runtime.stop()
+
+
+class Executions:
+    """Captured ``execution_started``/``execution_finished`` log events."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def started(self, function: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e["event"] == "execution_started" and (function is None or e["function"] == function)
+        ]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+    def max_concurrent(self, function: str) -> int:
+        running = peak = 0
+        for e in self.events:
+            if e.get("function") != function:
+                continue
+            if e["event"] == "execution_started":
+                running += 1
+                peak = max(peak, running)
+            elif e["event"] == "execution_finished":
+                running -= 1
+        return peak
+
+
+@pytest.fixture
+def executions() -> Iterator[Executions]:
+    with structlog.testing.capture_logs() as logs:
+        yield Executions(logs)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m service ARGS`` and capture its output."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+    full_env = {**base, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; skip without it locally, fail in CI (CI=true)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make test installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -1,0 +1,72 @@
+"""Configuration: defaults, validation messages, and the README table."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import env_names, load_settings, settings_table
+from service.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def test_defaults__empty_environment__embedded_with_own_group_as_targets() -> None:
+    s = load_settings({})
+    assert s.embedded
+    assert s.group == "workers"
+    assert s.factorial_group == "workers"
+    assert s.enrich_group == "workers"
+    assert s.task_ttl_seconds == 60
+    assert s.max_concurrent_tasks == 64
+
+
+def test_targets__set__route_to_other_groups() -> None:
+    s = load_settings(
+        {
+            "RESONATE_GROUP": "api",
+            "RESONATE_PATTERNS_FACTORIAL_TARGET": "math",
+            "RESONATE_PATTERNS_ENRICH_TARGET": "enrich",
+        }
+    )
+    assert (s.group, s.factorial_group, s.enrich_group) == ("api", "math", "enrich")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("RESONATE_PATTERNS_MAX_N", "abc", "an integer in [0, 100000]"),
+        ("RESONATE_PATTERNS_MAX_N", "-1", "an integer in [0, 100000]"),
+        ("RESONATE_PATTERNS_TASK_TTL_SECONDS", "0", "a number in [1, 86400]"),
+        ("RESONATE_PATTERNS_TASK_TTL_SECONDS", "nan", "a number in [1, 86400]"),
+        ("RESONATE_PATTERNS_MAX_CONCURRENT_TASKS", "0", "an integer in [1, 10000]"),
+        ("RESONATE_PATTERNS_HTTP_PORT", "70000", "an integer in [0, 65535]"),
+        ("RESONATE_PATTERNS_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
+        ("RESONATE_PATTERNS_LINK_SOURCE", "ftp", "one of synthetic, http"),
+        ("RESONATE_GROUP", "Workers", "a lowercase DNS label"),
+        ("RESONATE_GROUP", "a_b", "a lowercase DNS label"),
+        ("RESONATE_URL", "localhost:8001", "an http(s) URL"),
+    ],
+)
+def test_bad_value__any_setting__error_names_variable_and_range(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({variable: value})
+    message = str(err.value)
+    assert message.startswith(f"{variable}={value!r} is invalid: expected ")
+    assert expected in message
+
+
+def test_empty_value__treated_as_unset() -> None:
+    assert load_settings({"RESONATE_URL": "", "RESONATE_GROUP": " "}).embedded
+
+
+def test_readme__configuration_table__matches_definitions() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README table: python scripts/docs.py"
+
+
+def test_env_names__unique_and_prefixed() -> None:
+    names = env_names()
+    assert len(names) == len(set(names))
+    for name in names:
+        assert name.startswith("RESONATE_")
