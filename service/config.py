@@ -237,7 +237,8 @@ class Settings:
     step_delay_ms: int = spec(
         "RESONATE_PATTERNS_STEP_DELAY_MS",
         "0",
-        "Simulated I/O latency of each leaf step (enrich_one, process_one, synthetic fetch).",
+        "Simulated I/O latency of each leaf step "
+        "(enrich_one, process_one, fetch_links, factorial_lookup).",
         _int_in(0, 600000),
     )
     link_source: LinkSource = spec(

@@ -137,8 +137,11 @@ class Stack:
         out: Callable[[str], None],
         extra_env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
+        start_server: bool = True,
     ) -> None:
         self.plan = plan
+        #: False to attach this stack's workers to a server started elsewhere.
+        self.start_server = start_server
         self._out = out
         self._env = {**os.environ, **(extra_env or {})}
         self._server_args = server_args or []
@@ -201,7 +204,8 @@ class Stack:
     async def start(self) -> None:
         """Start the server, wait until it is ready, then start the workers."""
         self.plan.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.server.spawn()
+        if self.start_server:
+            await self.server.spawn()
         try:
             await self._wait_ready(f"{self.plan.url}/readyz")
         except RuntimeError:
@@ -266,7 +270,8 @@ class Stack:
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart dead processes until ``stop`` is set."""
         while not stop.is_set():
-            for child in [self.server, *self.workers]:
+            children = [self.server, *self.workers] if self.start_server else self.workers
+            for child in children:
                 proc = child.proc
                 if proc is None or proc.returncode is None or child.retired:
                     continue

@@ -54,6 +54,7 @@ async def factorial_lookup(ctx: Context, k: int) -> int | None:
     """Return the cached value of ``factorial(k)``, or None if not resolved yet."""
     deps = ctx.get_dependency(PatternDeps)
     metrics = ctx.get_dependency(Telemetry).metrics
+    await deps.simulated_io()
     try:
         record = await deps.promises.get(factorial_id(k))
     except ServerError as exc:

@@ -29,6 +29,8 @@ import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
@@ -161,7 +163,7 @@ class TappedNetwork:
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         reply = await self.inner.send(req, headers)
         try:
-            self.observer.observe(json.loads(req), json.loads(reply))
-        except (ValueError, TypeError, AttributeError) as exc:
+            self.observer.observe(msgspec.json.decode(req), msgspec.json.decode(reply))
+        except (msgspec.DecodeError, ValueError, TypeError, AttributeError) as exc:
             self._log.debug("reply_not_observed", error=str(exc))
         return reply
