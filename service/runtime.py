@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from resonate.connections import HttpConnection, SSEConnection
 from resonate.heartbeat import NoopHeartbeat
+from resonate.observability import noop_observer
 from resonate.resonate import Resonate
 from resonate.retry import Never
 from resonate_base import PROTOCOL_VERSION
 
 from service.devserver.embedded import EmbeddedConnection
+from service.heartbeat import LeaseHeartbeat
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import register_all
@@ -212,6 +214,7 @@ def build_runtime(
             max_concurrent_tasks=settings.max_concurrent_tasks,
             retry_policy=Never(),
             subscription_refresh_secs=0,
+            observer=noop_observer,
             autostart=False,
         )
     else:
@@ -229,9 +232,11 @@ def build_runtime(
             group=group,
             pid=pid,
             ttl=ttl,
+            heartbeat=LeaseHeartbeat(pid, ttl.total_seconds() / 2, http),
             max_concurrent_tasks=settings.max_concurrent_tasks,
             retry_policy=Never(),
             subscription_refresh_secs=REMOTE_REFRESH_SECONDS,
+            observer=noop_observer,
             autostart=False,
         )
 

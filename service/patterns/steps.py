@@ -1,12 +1,12 @@
 """Spawning children from a pattern, with the cache outcome counted.
 
 ``ctx.run`` children (leaf steps) run in this process, so whether one was
-answered from the store or had to execute is known exactly: the step body
-either ran or it did not. :func:`spawn_local` wraps the child so the first
-line of its body notes that it ran; :meth:`LocalChild.result` then counts a
-cache hit (settled promise replayed from the store) or a miss. ``ctx.rpc``
-children run elsewhere and are counted from the server's replies instead
-(see :mod:`service.telemetry.network`).
+answered from the store or had to execute is known exactly: every body that
+starts is recorded by the instrumentation under its promise id. When a
+:class:`LocalChild` settles it asks whether its own id ran here: if not, the
+result was replayed from the store (a cache hit), otherwise it was computed
+(a miss). ``ctx.rpc`` children run elsewhere and are counted from the
+server's replies instead (see :mod:`service.telemetry.network`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from service.telemetry.instrument import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
     from resonate.context import Context, ResonateFuture
     from resonate.retry import RetryPolicy
 
@@ -25,12 +24,9 @@ if TYPE_CHECKING:
 class LocalChild:
     """A spawned ``ctx.run`` child; await :meth:`result` for its value."""
 
-    def __init__(
-        self, future: ResonateFuture[Any], function: str, ran: list[bool], telemetry: Telemetry
-    ) -> None:
+    def __init__(self, future: ResonateFuture[Any], function: str, telemetry: Telemetry) -> None:
         self._future = future
         self._function = function
-        self._ran = ran
         self._telemetry = telemetry
 
     async def result(self) -> Any:
@@ -38,13 +34,15 @@ class LocalChild:
         try:
             value = await self._future
         except Exception:
-            self._count()
+            await self._count()
             raise
-        self._count()
+        await self._count()
         return value
 
-    def _count(self) -> None:
-        self._telemetry.metrics.cache_result(self._function, "child", hit=not self._ran[0])
+    async def _count(self) -> None:
+        child_id = await self._future.id()
+        hit = not self._telemetry.ran(child_id)
+        self._telemetry.metrics.cache_result(self._function, "child", hit=hit)
 
 
 def spawn_local(
@@ -54,14 +52,6 @@ def spawn_local(
     *args: Any,
     retry_policy: RetryPolicy | None = None,
 ) -> LocalChild:
-    """Start ``fn(*args)`` as a durable ``ctx.run`` child named ``function``."""
-    ran = [False]
-
-    async def step(child_ctx: Context, *step_args: Any) -> Any:
-        ran[0] = True
-        return await fn(child_ctx, *step_args)
-
-    step.__name__ = function
+    """Start ``fn(*args)`` (an instrumented durable function) as a ``ctx.run`` child."""
     caller = ctx.options(retry_policy=retry_policy) if retry_policy is not None else ctx
-    future = caller.run(step, *args)
-    return LocalChild(future, function, ran, ctx.get_dependency(Telemetry))
+    return LocalChild(caller.run(fn, *args), function, ctx.get_dependency(Telemetry))

@@ -14,6 +14,7 @@ Depth is read from the promise id: the SDK mints child ids as
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from service.telemetry.metrics import Outcome, WorkerMetrics
 
 #: Bound on per-promise and per-root bookkeeping; oldest entries are evicted.
-_TRACK_LIMIT = 10_000
+#: Above the largest fan-out, so a child's "did it run here?" is still known
+#: when its parent reads the result.
+_TRACK_LIMIT = 200_000
 #: Longest argument summary written to a log line.
 _ARGS_SUMMARY_CHARS = 160
 
@@ -86,6 +89,10 @@ class Telemetry:
         if deepest is None or depth > deepest:
             self._root_depth.put(origin, depth)
         return attempt
+
+    def ran(self, promise_id: str) -> bool:
+        """Whether a body ran for ``promise_id`` in this process (recently)."""
+        return self._attempts.get(promise_id) is not None
 
     def root_resolved(self, function: str, origin: str) -> None:
         """Observe the deepest level seen under ``origin`` and forget the root."""
@@ -162,6 +169,15 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
                         fields["error"] = error
                     log.info("execution_finished", **fields)
 
+        # The SDK builds a DurableFunction (signature inspection plus string
+        # annotation evaluation) on every ``ctx.run`` of a function object.
+        # Patterns validate their own inputs, so hand it a signature with no
+        # annotations: nothing to evaluate, nothing coerced behind our back.
+        signature = inspect.signature(fn)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
         return wrapper  # type: ignore[return-value]
 
     return decorate

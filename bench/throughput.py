@@ -1,0 +1,381 @@
+"""Durable promises per second, in one run, across execution modes; and cache-hit latency.
+
+Modes:
+  stock      the SDK's own embedded mode (resonate.connections.local, unindexed)
+  embedded   this project's embedded mode (indexed in-process engine)
+  server-1   the local server (SQLite store, group commit) with 1 worker process
+  server-3   the same with 3 worker processes
+
+Workloads: factorial(200) via rpc; fan-out of 1000 and 10000 children via run
+(enrich_batch) and via rpc (parallel_enrich). "Promises" are durable promises
+created in the store during the workload (read from the store itself), divided
+by the wall time of the invocation as the client sees it.
+
+Also measured: cache-hit latency of ``call`` (p50/p99 of invoking an
+already-computed ``factorial-200`` from a client process that is already
+running, and the wall time of the whole ``resonate-patterns call`` command),
+and fan-out throughput with 10k and 100k promises already stored.
+
+Usage: python bench/throughput.py [--quick] [--out bench/out]
+Prints a table, writes results.json and throughput.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from resonate.connections.local import LocalConnection
+from resonate.resonate import Resonate
+from resonate.retry import Never
+
+from service.client import invoke
+from service.config import Settings, load_settings
+from service.devserver.store import Store
+from service.patterns.deps import PatternDeps
+from service.patterns.links import SyntheticGraph
+from service.patterns.registry import pattern, register_all
+from service.runtime import Runtime, build_runtime
+from service.stack import Stack, plan_stack
+from service.telemetry.instrument import Telemetry
+from service.telemetry.logging import setup_logging
+from service.telemetry.metrics import WorkerMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Row:
+    mode: str
+    workload: str
+    promises: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.promises / self.seconds if self.seconds else 0.0
+
+
+def workloads(quick: bool) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """(label, pattern, args); ids are offset so nothing is served from a cache."""
+    out = [
+        ("factorial(200) rpc", "factorial", (200,)),
+        ("fan-out 1000 run", "enrich_batch", (list(range(0, 1000)),)),
+        ("fan-out 1000 rpc", "parallel_enrich", (list(range(1000, 2000)),)),
+    ]
+    if not quick:
+        out += [
+            ("fan-out 10000 run", "enrich_batch", (list(range(10_000, 20_000)),)),
+            ("fan-out 10000 rpc", "parallel_enrich", (list(range(20_000, 30_000)),)),
+        ]
+    return out
+
+
+# -- stock SDK embedded ------------------------------------------------------
+
+
+class StockRuntime:
+    """The SDK's stock embedded mode with every pattern registered."""
+
+    def __init__(self, settings: Settings) -> None:
+        metrics = WorkerMetrics(settings.group)
+        self.local = LocalConnection(group=settings.group)
+        self.resonate = Resonate(
+            network=self.local,
+            group=settings.group,
+            ttl=timedelta(0),
+            retry_policy=Never(),
+            subscription_refresh_secs=0,
+        )
+        register_all(self.resonate)
+        self.resonate.with_dependency(Telemetry(metrics))
+        links = SyntheticGraph(settings.synthetic_pages, settings.synthetic_links)
+        self.resonate.with_dependency(
+            PatternDeps(settings=settings, promises=self.resonate.promises, links=links)
+        )
+
+    def stored(self) -> int:
+        return len(self.local.state.promises)
+
+    async def call(self, name: str, args: tuple[Any, ...]) -> None:
+        await (
+            self.resonate.options(target="workers")
+            .rpc(pattern(name).keyed_id(args), name, *args)
+            .result()
+        )
+
+    async def stop(self) -> None:
+        await self.resonate.stop()
+
+
+async def run_stock(settings: Settings, quick: bool, rows: list[Row], out: Any) -> None:
+    runtime = StockRuntime(settings)
+    for label, name, args in workloads(quick):
+        if "10000" in label:
+            out(
+                f"  stock     {label:<20} skipped (the stock state scans the store per settle:"
+                " quadratic, tens of minutes)"
+            )
+            continue
+        before = runtime.stored()
+        started = time.perf_counter()
+        await runtime.call(name, args)
+        seconds = time.perf_counter() - started
+        rows.append(Row("stock", label, runtime.stored() - before, seconds))
+        out(f"  stock     {label:<20} {rows[-1].rate:10.0f} promises/s")
+    await runtime.stop()
+
+
+# -- this project's embedded mode -------------------------------------------------
+
+
+async def run_embedded(settings: Settings, quick: bool, rows: list[Row], out: Any) -> None:
+    runtime = build_runtime(settings, role="client")
+    runtime.start()
+    assert runtime.embedded is not None
+    state = runtime.embedded.engine.state
+    for label, name, args in workloads(quick):
+        before = len(state.promises)
+        started = time.perf_counter()
+        await invoke(runtime, pattern(name), args)
+        seconds = time.perf_counter() - started
+        rows.append(Row("embedded", label, len(state.promises) - before, seconds))
+        out(f"  embedded  {label:<20} {rows[-1].rate:10.0f} promises/s")
+    await runtime.stop()
+
+
+# -- local server + worker processes -----------------------------------------------
+
+
+async def stored_on(url: str) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("resonate_devserver_promises{")
+        )
+    )
+
+
+async def start_stack(tmp: Path, workers: int, data: str | None = None) -> Stack:
+    settings = load_settings({"RESONATE_PATTERNS_DATA_DIR": str(tmp)})
+    plan = plan_stack(settings, workers=workers, port=0, data=data, group=None)
+    stack = Stack(plan, out=lambda _: None)
+    await stack.start()
+    return stack
+
+
+def client_for(url: str) -> Runtime:
+    runtime = build_runtime(load_settings({"RESONATE_URL": url}), role="client")
+    runtime.start()
+    return runtime
+
+
+async def run_server(workers: int, quick: bool, rows: list[Row], out: Any) -> list[float]:
+    mode = f"server-{workers}"
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = await start_stack(Path(tmp), workers)
+        client = client_for(stack.plan.url)
+        try:
+            for label, name, args in workloads(quick):
+                before = await stored_on(stack.plan.url)
+                started = time.perf_counter()
+                await invoke(client, pattern(name), args, wait_seconds=900)
+                seconds = time.perf_counter() - started
+                created = await stored_on(stack.plan.url) - before
+                rows.append(Row(mode, label, created, seconds))
+                out(f"  {mode:<9} {label:<20} {rows[-1].rate:10.0f} promises/s")
+            latencies: list[float] = []
+            if workers == 1:
+                for _ in range(300):
+                    hit = await invoke(client, pattern("factorial"), (200,))
+                    assert hit.cached
+                    latencies.append(hit.elapsed_ms)
+            return latencies
+        finally:
+            await client.stop()
+            await stack.stop()
+
+
+def cli_wall_ms(url: str, runs: int = 5) -> list[float]:
+    """Wall time of the whole ``resonate-patterns call`` command (process start included)."""
+    out = []
+    env = {**os.environ, "RESONATE_URL": url}
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "service", "call", "factorial", "200", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def prefill(path: str, count: int) -> None:
+    """Store ``count`` resolved promises in a fresh server database."""
+    store = Store(path)
+    batch = []
+    for i in range(count):
+        row = {
+            "id": f"prefill-{i:07d}",
+            "state": "resolved",
+            "param": {},
+            "value": {"data": "MQ=="},
+            "tags": {"resonate-patterns:bench": "prefill"},
+            "timeoutAt": 1 << 60,
+            "createdAt": 0,
+            "settledAt": 0,
+            "callbacks": [],
+            "listeners": [],
+        }
+        batch.append((row["id"], row))
+        if len(batch) == 10_000:
+            store.write({"promises": batch})
+            batch = []
+    if batch:
+        store.write({"promises": batch})
+    store.close()
+
+
+async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
+    sizes = [0, 10_000] if quick else [0, 10_000, 100_000]
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = str(Path(tmp) / "server.db")
+            prefill(data, size)
+            stack = await start_stack(Path(tmp), 1, data=data)
+            client = client_for(stack.plan.url)
+            try:
+                label = f"fan-out 1000 run @{size // 1000}k"
+                before = await stored_on(stack.plan.url)
+                started = time.perf_counter()
+                await invoke(client, pattern("enrich_batch"), (list(range(50_000, 51_000)),))
+                seconds = time.perf_counter() - started
+                rows.append(
+                    Row("server-1", label, await stored_on(stack.plan.url) - before, seconds)
+                )
+                out(f"  server-1  {label:<20} {rows[-1].rate:10.0f} promises/s")
+            finally:
+                await client.stop()
+                await stack.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r.workload for r in rows))
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for i, mode in enumerate(modes):
+        values = []
+        for label in labels:
+            match = [r.rate for r in rows if r.mode == mode and r.workload == label]
+            values.append(match[0] if match else 0)
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=mode)
+    ax.set_xticks([x + width * (len(modes) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylabel("durable promises / s")
+    ax.set_yscale("log")
+    ax.set_title("resonate-patterns throughput (2 cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the 10000-child and 100k runs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--modes", default="stock,embedded,server-1,server-3")
+    args = parser.parse_args()
+    setup_logging("warning", "json")
+    os.environ.setdefault("RESONATE_PATTERNS_LOG_LEVEL", "info")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    settings = load_settings({})
+    rows: list[Row] = []
+    latencies: list[float] = []
+    modes = args.modes.split(",")
+    if "stock" in modes:
+        await run_stock(settings, args.quick, rows, say)
+    if "embedded" in modes:
+        await run_embedded(settings, args.quick, rows, say)
+    if "server-1" in modes:
+        latencies = await run_server(1, args.quick, rows, say)
+    if "server-3" in modes:
+        await run_server(3, args.quick, rows, say)
+    if "server-1" in modes:
+        await run_scaling(args.quick, rows, say)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = await start_stack(Path(tmp), 1)
+        try:
+            await invoke(client := client_for(stack.plan.url), pattern("factorial"), (200,))
+            await client.stop()
+            wall = cli_wall_ms(stack.plan.url)
+        finally:
+            await stack.stop()
+
+    say("")
+    say(f"{'mode':<10} {'workload':<24} {'promises':>9} {'seconds':>9} {'promises/s':>11}")
+    for r in rows:
+        say(f"{r.mode:<10} {r.workload:<24} {r.promises:>9} {r.seconds:>9.3f} {r.rate:>11.0f}")
+    if latencies:
+        say("")
+        say(
+            f"cache hit (factorial-200, running client, n={len(latencies)}): "
+            f"p50 {percentile(latencies, 0.5):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
+        )
+    say(
+        f"cache hit (whole `resonate-patterns call` command, n={len(wall)}): "
+        f"median {statistics.median(wall):.0f} ms (mostly Python start-up)"
+    )
+    results = {
+        "rows": [r.__dict__ | {"rate": r.rate} for r in rows],
+        "cache_hit_ms": {
+            "p50": percentile(latencies, 0.5) if latencies else None,
+            "p99": percentile(latencies, 0.99) if latencies else None,
+            "cli_median": statistics.median(wall),
+        },
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    plot(rows, out_dir / "throughput.png")
+    say(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
