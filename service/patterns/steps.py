@@ -17,6 +17,7 @@ from service.telemetry.instrument import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
     from resonate.context import Context, ResonateFuture
     from resonate.retry import RetryPolicy
 
