@@ -44,6 +44,17 @@ class UsageError(ResonatePatternsError):
     """A CLI invocation that cannot be carried out as written (exit code 2)."""
 
 
+class StoreBusyError(UsageError):
+    """A SQLite store is already open in another process (one owner at a time)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"the store {path} is in use by another process; share one store through a "
+            "server (resonate-patterns up, RESONATE_URL) instead of opening it twice"
+        )
+
+
 class EnrichmentError(ResonatePatternsError):
     """One record could not be enriched (a per-child failure in fan-outs)."""
 

@@ -18,6 +18,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -96,6 +97,10 @@ class Worker:
             app, self.settings.http_host, self.settings.http_port
         )
         self.metrics.set_identity(__version__, self.runtime.pid)
+        # Every line this worker logs (and every execution it spawns) carries these.
+        structlog.contextvars.bind_contextvars(
+            worker_pid=self.runtime.pid, group=self.settings.group
+        )
         self.runtime.start()
         self.ready = True
         self.metrics.worker_ready.labels(self.settings.group).set(1)

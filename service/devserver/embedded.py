@@ -30,7 +30,7 @@ class EmbeddedConnection:
     """An in-process server implementing the SDK's ``Network`` and ``Source``."""
 
     def __init__(self, *, pid: str, group: str, store: str = MEMORY) -> None:
-        self.engine = Engine(data=store, deliver=self._deliver)
+        self.engine = Engine(data=store, deliver=self._deliver, release_leases_on_start=True)
         self._unicast = unicast(group, pid)
         self._subscribers: list[Callable[[str], None]] = []
         self._started = False

@@ -48,12 +48,14 @@ class Engine:
         retry_ms: int | None = None,
         clock: Callable[[], int] = now_ms,
         metrics: ServerMetrics | None = None,
+        release_leases_on_start: bool = False,
     ) -> None:
         self.state = ServerState() if retry_ms is None else ServerState(retry_ms=retry_ms)
         self.store: Store | None = None if data == MEMORY else Store(data, fsync=fsync)
         self._deliver = deliver
         self._clock = clock
         self._metrics = metrics
+        self._release_on_start = release_leases_on_start
         self._applied = 0
         self._durable = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -73,6 +75,12 @@ class Engine:
 
     async def start(self) -> None:
         """Start the clock loop and re-dispatch every task that is waiting."""
+        if self._release_on_start:
+            # Embedded mode: every lease in the store was held by an earlier
+            # run of this same process, which is gone. Put that work back.
+            now = self._clock()
+            for pid in list(self.state.leases):
+                self.state.release_pid(now, pid, dispatch=False)
         self.state.resend_pending()
         await self._settle_effects()
         self._ticker = asyncio.create_task(self._tick_loop())

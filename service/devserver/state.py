@@ -357,13 +357,14 @@ class ServerState:
             )
         )
 
-    def _to_pending(self, now: int, t: Task) -> None:
+    def _to_pending(self, now: int, t: Task, *, dispatch: bool = True) -> None:
         """Put a task back in the queue (version unchanged) and dispatch it again."""
         self._release_lease(t)
         self._set_task_state(t, "pending")
         t.retry_at = now + self.retry_ms
         self._timer(t.retry_at, t.id)
-        self._send_execute(t)
+        if dispatch:
+            self._send_execute(t)
 
     def _acquire(self, now: int, t: Task, pid: str, ttl: int) -> None:
         self._set_task_state(t, "acquired")
@@ -514,11 +515,11 @@ class ServerState:
         heads = [h[0][0] for h in (self._promise_timeouts, self._task_timers) if h]
         return min(heads) if heads else None
 
-    def release_pid(self, now: int, pid: str) -> list[str]:
+    def release_pid(self, now: int, pid: str, *, dispatch: bool = True) -> list[str]:
         """Release every task leased to ``pid`` (its connection is gone)."""
         released = sorted(self.leases.get(pid, set()))
         for tid in released:
-            self._to_pending(now, self.tasks[tid])
+            self._to_pending(now, self.tasks[tid], dispatch=dispatch)
         return released
 
     def resend_pending(self) -> None:

@@ -12,10 +12,14 @@ power loss, at the cost of an fsync per batch.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from service.errors import StoreBusyError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS promises (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -30,12 +34,28 @@ MEMORY = ":memory:"
 
 
 class Store:
-    """A SQLite file holding the server's rows; used from one thread at a time."""
+    """A SQLite file holding the server's rows; used from one thread at a time.
+
+    One process owns a store at a time (an exclusive lock on ``PATH.lock``):
+    the state lives in memory and is only written through, so two owners
+    would silently overwrite each other.
+    """
 
     def __init__(self, path: str, *, fsync: bool = False) -> None:
         self.path = path
+        self._lock: IO[str] | None = None
         if path != MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(f"{path}.lock", "a+")  # noqa: SIM115 - held while open
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise StoreBusyError(path) from None
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(str(os.getpid()))
+            self._lock.flush()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
@@ -73,3 +93,6 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None

@@ -35,6 +35,8 @@ CACHE_HITS_NAME = PREFIX + "promise_cache_hits_total"
 CACHE_MISSES_NAME = PREFIX + "promise_cache_misses_total"
 #: Depth below its root at which each function execution runs.
 EXECUTION_DEPTH_NAME = PREFIX + "execution_depth"
+#: Deepest execution this process has run, per function (a high-water mark).
+EXECUTION_DEPTH_MAX_NAME = PREFIX + "execution_depth_max"
 #: Deepest execution seen under each root, observed when the root finishes.
 ROOT_MAX_DEPTH_NAME = PREFIX + "root_max_depth"
 #: Function executions by outcome.
@@ -53,6 +55,18 @@ TASKS_REDELIVERED_NAME = PREFIX + "tasks_redelivered_total"
 WORKER_INFO_NAME = PREFIX + "worker_info"
 #: 1 once the worker is connected and registered, 0 while starting/draining.
 WORKER_READY_NAME = PREFIX + "worker_ready"
+
+# -- the autoscaling operator's metrics (see service.operator) ----------------------
+#: Tasks of a group waiting to run or running, as read from the Resonate server.
+AUTOSCALER_BACKLOG_NAME = PREFIX + "autoscaler_backlog_tasks"
+#: Replicas the policy wants for the worker Deployment.
+AUTOSCALER_DESIRED_NAME = PREFIX + "autoscaler_desired_replicas"
+#: Replicas the worker Deployment has now.
+AUTOSCALER_CURRENT_NAME = PREFIX + "autoscaler_current_replicas"
+#: Scale operations performed, by direction.
+AUTOSCALER_SCALES_NAME = PREFIX + "autoscaler_scale_events_total"
+#: Failed attempts to read the backlog from the Resonate server.
+AUTOSCALER_READ_FAILURES_NAME = PREFIX + "autoscaler_backlog_read_failures_total"
 
 Outcome = Literal["resolved", "rejected", "suspended", "retried"]
 CacheKind = Literal["invocation", "child", "lookup"]
@@ -101,6 +115,12 @@ class WorkerMetrics:
             buckets=DEPTH_BUCKETS,
             registry=r,
         )
+        self.execution_depth_max = Gauge(
+            EXECUTION_DEPTH_MAX_NAME,
+            "Deepest execution this process has run since it started.",
+            ["function", "group"],
+            registry=r,
+        )
         self.root_max_depth = Histogram(
             ROOT_MAX_DEPTH_NAME,
             "Deepest execution this worker saw under a root, observed when the root resolves.",
@@ -142,7 +162,7 @@ class WorkerMetrics:
         )
         self.tasks_redelivered = Counter(
             TASKS_REDELIVERED_NAME,
-            "Tasks acquired at a version above 0: re-delivered after a release, an "
+            "Tasks acquired again (version above 1): re-delivered after a release, an "
             "expired lease or a resume.",
             ["group"],
             registry=r,
@@ -158,6 +178,7 @@ class WorkerMetrics:
             ["group"],
             registry=r,
         )
+        self._deepest: dict[str, int] = {}
         # Pre-create label sets that must exist from the first scrape, so
         # rate() and absent() queries work before the first event.
         self.leases_lost.labels(group)
@@ -188,6 +209,9 @@ class WorkerMetrics:
         """Record one finished run of a function body."""
         self.executions.labels(function, self.group, outcome).inc()
         self.execution_depth.labels(function, self.group).observe(depth)
+        if depth > self._deepest.get(function, -1):
+            self._deepest[function] = depth
+            self.execution_depth_max.labels(function, self.group).set(depth)
         self.execution_duration.labels(function, self.group).observe(seconds)
 
     def fanout(self, function: str, width: int) -> None:
@@ -207,6 +231,7 @@ def metric_docs() -> list[MetricDoc]:
         metrics.cache_hits,
         metrics.cache_misses,
         metrics.execution_depth,
+        metrics.execution_depth_max,
         metrics.root_max_depth,
         metrics.executions,
         metrics.execution_duration,

@@ -9,11 +9,12 @@
   from the store (hit) or has to execute (miss);
 * fenced child creates of rpc children (``task.fence`` + ``promise.create``):
   an already-settled reply is a hit, the result read back from the store;
-* ``task.acquire`` at version 0 of a child task: the first execution of a
-  child anywhere in the group, i.e. a miss (counted once, by the worker that
-  runs it);
-* a version above 0 on acquire: the task was delivered again (resume,
-  release or lost lease); a 409 on a fenced write: this process lost its lease.
+* a ``task.acquire`` reply at version 1 for a child task: the first
+  execution of that child anywhere in the group (the server bumps the
+  version on every acquire, starting from 0), i.e. a miss counted once, by
+  the worker that runs it;
+* a version above 1: the task was delivered again (resume, release or lost
+  lease); a 409 on a fenced write: this process lost its lease.
 
 It also lets a caller :meth:`~ReplyObserver.watch` a promise id and learn the
 state of the first record the server returned for it, which is how ``call``
@@ -129,7 +130,7 @@ class ReplyObserver:
         version = task.get("version")
         if not isinstance(version, int):
             return
-        if version > 0:
+        if version > 1:
             self.metrics.tasks_redelivered.labels(self.metrics.group).inc()
             return
         promise_id = record.get("id")

@@ -1,0 +1,291 @@
+"""Dashboards and alerts against a real Prometheus, promtool, and restart metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from service.client import invoke
+from service.patterns.registry import pattern
+from service.stack import free_port
+from service.telemetry import dashboard
+from tests.conftest import ROOT, require_tool
+from tests.integration.conftest import scrape, total, worker_url
+
+pytestmark = pytest.mark.slow
+
+RULES = ROOT / "charts/resonate-patterns/rules/alerts.yaml"
+DASHBOARD = ROOT / "charts/resonate-patterns/dashboards" / dashboard.DASHBOARD_FILE
+METRIC_RE = re.compile(r"\b(resonate_patterns_[a-z_]+|process_[a-z_]+|up)\b")
+SCRAPE_SECONDS = 1
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    data = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in data["panels"] for t in p["targets"]]
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [(r["alert"], r["expr"]) for g in groups for r in g["rules"]]
+
+
+def test_dashboard__committed_json_matches_definition() -> None:
+    assert DASHBOARD.read_text() == dashboard.render(), (
+        "regenerate: python -m service.telemetry.dashboard"
+    )
+
+
+def test_dashboard__variables_and_required_panels() -> None:
+    data = json.loads(DASHBOARD.read_text())
+    names = {v["name"]: v for v in data["templating"]["list"]}
+    assert names["datasource"]["type"] == "datasource"
+    assert {"group", "function"} <= set(names)
+    titles = " | ".join(p["title"] for p in data["panels"])
+    for needed in (
+        "hit ratio",
+        "hits and misses",
+        "depth p50 / p95 / max",
+        "by function and outcome",
+        "latency p50 / p95 / p99",
+        "In-flight executions per worker",
+        "Fan-out width",
+        "Workers ready",
+    ):
+        assert needed.lower() in titles.lower(), needed
+    for panel in data["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+
+
+def test_promtool__check_rules() -> None:
+    promtool = require_tool("promtool")
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rule_exprs())} rules found" in proc.stdout
+
+
+def test_promtool__unit_tests_cover_every_alert() -> None:
+    promtool = require_tool("promtool")
+    tests_file = ROOT / "tests/promtool/alerts_test.yaml"
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load(tests_file.read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert tested == {name for name, _ in rule_exprs()}
+
+
+def _instantiate(expr: str, window: str) -> str:
+    return (
+        expr.replace("$__rate_interval", window)
+        .replace('"$group"', '".*"')
+        .replace('"$function"', '".*"')
+    )
+
+
+@pytest.fixture
+async def prometheus(tmp_path: Path) -> AsyncIterator[Any]:
+    binary = require_tool("prometheus")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(targets: dict[str, list[str]]) -> str:
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": hosts}]}
+                for job, hosts in targets.items()
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"{url}/-/ready") as resp:
+                        if resp.status == 200:
+                            return url
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(
+            "prometheus did not start: " + (tmp_path / "prometheus.log").read_text()
+        )
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+async def query(url: str, expr: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/api/v1/query", params={"query": expr}) as resp,
+    ):
+        return await resp.json()
+
+
+async def test_real_prometheus__every_panel_query_returns_data(
+    stacks: Any, clients: Any, prometheus: Any
+) -> None:
+    stack = await stacks(2)
+    workers = [f"{stack.plan.host}:{w.port}" for w in stack.workers]
+    url = await prometheus(
+        {
+            "rp-resonate-patterns-worker-workers": workers,
+            "rp-resonate-patterns-server": [f"{stack.plan.host}:{stack.plan.server_port}"],
+        }
+    )
+    client = clients(stack.plan.url)
+    # Wait until both workers are scraped.
+    for _ in range(100):
+        up = await query(url, 'up{job="rp-resonate-patterns-worker-workers"} == 1')
+        if len(up["data"]["result"]) == 2:
+            break
+        await asyncio.sleep(0.2)
+    # A workload that exercises every panel: computed and cached factorials,
+    # fan-outs (local and rpc), a bounded fan-out and a crawl.
+    deadline = asyncio.get_running_loop().time() + 8
+    n = 30
+    while asyncio.get_running_loop().time() < deadline:
+        await invoke(client, pattern("factorial"), (n,))
+        await invoke(client, pattern("factorial"), (n - 5,))
+        await invoke(client, pattern("parallel_enrich"), (list(range(n * 100, n * 100 + 40)),))
+        await invoke(client, pattern("enrich_tolerant"), ([n, -n, f"missing-{n}"],))
+        await invoke(client, pattern("process_bounded"), (list(range(n)), 4))
+        n += 1
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(2 * SCRAPE_SECONDS + 0.5)
+    empty: list[str] = []
+    for title, expr in panel_queries():
+        out = await query(url, _instantiate(expr, "30s"))
+        assert out["status"] == "success", f"{title}: {expr} -> {out}"
+        if not out["data"]["result"]:
+            empty.append(f"{title}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    # Every rule expression parses in this Prometheus too.
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/rules") as resp:
+        rules = await resp.json()
+    loaded = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
+    assert loaded == {name for name, _ in rule_exprs()}
+    assert all(r["health"] == "ok" for g in rules["data"]["groups"] for r in g["rules"])
+
+
+async def test_metric_names__dashboard_and_rules_exist_in_worker_metrics(stacks: Any) -> None:
+    stack = await stacks(1)
+    async with aiohttp.ClientSession() as session, session.get(worker_url(stack, 0)) as resp:
+        text = await resp.text()
+    # Declared families (# TYPE lines) count even before their first sample.
+    exported: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            exported.add(name)
+            if kind == "histogram":
+                exported |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        elif line and not line.startswith("#"):
+            exported.add(line.partition("{")[0].partition(" ")[0])
+    used: set[str] = set()
+    for _, expr in panel_queries() + rule_exprs():
+        used |= set(METRIC_RE.findall(expr))
+    used -= {"up"}  # Prometheus's own
+    operator_metrics = {n for n in used if n.startswith("resonate_patterns_autoscaler_")}
+    missing = sorted(n for n in used - operator_metrics if n not in exported)
+    assert not missing, f"queried but not exported by workers: {missing}"
+    assert os.environ.get("CI") != "true" or used
+
+
+async def test_child_hits__replayed_after_worker_restart(stacks: Any, clients: Any) -> None:
+    stack = await stacks(1, env={"RESONATE_PATTERNS_STEP_DELAY_MS": "150"})
+    client = clients(stack.plan.url)
+    supervise = asyncio.Event()
+    supervisor = asyncio.create_task(stack.supervise(supervise))
+    try:
+        # One child at a time (k=1), 150 ms each: about 3 s in all.
+        run = asyncio.create_task(invoke(client, pattern("process_bounded"), (list(range(20)), 1)))
+        await asyncio.sleep(1.2)
+        assert not run.done()
+        os.kill(stack.workers[0].pid, signal.SIGKILL)
+        await asyncio.wait_for(run, 60)
+    finally:
+        supervise.set()
+        await supervisor
+    assert stack.workers[0].restarts == 1
+    samples = await scrape(worker_url(stack, 0))
+    hits = total(
+        samples, "resonate_patterns_promise_cache_hits_total", kind="child", function="process_one"
+    )
+    misses = total(
+        samples,
+        "resonate_patterns_promise_cache_misses_total",
+        kind="child",
+        function="process_one",
+    )
+    # The new worker read the children finished before the kill from the store
+    # and executed only the rest (the one in flight at the kill runs again).
+    assert hits >= 3
+    assert hits + misses == 20
+
+
+async def test_worker_logs__json_lines_with_bound_context(stacks: Any, clients: Any) -> None:
+    from tests.integration.conftest import log_events
+
+    stack = await stacks(1)
+    client = clients(stack.plan.url)
+    await invoke(client, pattern("factorial"), (3,))
+    await asyncio.sleep(0.2)
+    raw = stack.workers[0].log_path.read_text().splitlines()
+    assert raw, "worker wrote no log lines"
+    assert all(line.startswith("{") for line in raw), "every line is JSON"
+    events = log_events(stack.workers[0].log_path)
+    started = [e for e in events if e["event"] == "execution_started"]
+    finished = [e for e in events if e["event"] == "execution_finished"]
+    assert started
+    assert len(started) == len(finished)
+    for e in started + finished:
+        assert {
+            "worker_pid",
+            "group",
+            "promise_id",
+            "root_id",
+            "function",
+            "depth",
+            "attempt",
+            "level",
+            "timestamp",
+        } <= set(e)
+        assert e["group"] == "workers"
+    for e in finished:
+        assert e["outcome"] in {"resolved", "rejected", "suspended", "retried"}
+        assert e["duration_ms"] >= 0
