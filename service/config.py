@@ -106,13 +106,11 @@ def _url(raw: str) -> str:
     return value
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("bool")
+def _namespace(raw: str) -> str:
+    value = raw.strip()
+    if value != "*" and not GROUP_RE.match(value):
+        raise ValueError("namespace")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -278,6 +276,22 @@ class Settings:
         ".resonate-patterns",
         "Where the local stack (`up`) keeps its server database and logs.",
         ("a directory path", _text),
+    )
+
+    # -- autoscaling operator ---------------------------------------------------------------
+    watch_namespace: str | None = spec(
+        "RESONATE_PATTERNS_WATCH_NAMESPACE",
+        None,
+        "Namespace whose WorkerAutoscalers the operator handles; '*' for all namespaces "
+        "(default: the namespace the operator runs in).",
+        ("a namespace name or '*'", _namespace),
+    )
+    operator_peering: str | None = spec(
+        "RESONATE_PATTERNS_OPERATOR_PEERING",
+        "resonate-patterns",
+        "kopf peering object shared by operator replicas so only one acts at a time "
+        "(empty value: default; 'standalone' turns peering off).",
+        ("a peering name, or 'standalone'", _text),
     )
 
     @property
