@@ -28,6 +28,8 @@ from service.telemetry.logging import setup_logging
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
 
+    from service.operator.policy import PolicySpec
+
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
 
@@ -121,6 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--group", help="worker group (default: RESONATE_GROUP)")
     up.add_argument("--port", type=int, default=8001, help="server port; 0 picks free ports")
     up.add_argument("--data", help="server store (default: RESONATE_PATTERNS_DATA_DIR/server.db)")
+    up.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="grow and shrink the workers by the group's backlog (the operator's policy)",
+    )
+    up.add_argument("--min-workers", type=int, default=1, help="autoscale: fewest workers (1)")
+    up.add_argument("--max-workers", type=int, default=6, help="autoscale: most workers (6)")
+    up.add_argument(
+        "--target-tasks", type=int, default=10, help="autoscale: backlog per worker (10)"
+    )
+    up.add_argument(
+        "--scale-down-window",
+        type=float,
+        default=30.0,
+        help="autoscale: stabilization window before scaling down, seconds (30)",
+    )
+    up.add_argument(
+        "--cooldown", type=float, default=60.0, help="autoscale: idle time before zero (60)"
+    )
+    up.add_argument("--poll", type=float, default=2.0, help="autoscale: poll interval (2)")
+
+    operator = sub.add_parser(
+        "operator", help="run the autoscaling operator (scales worker Deployments by backlog)"
+    )
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", help="watch this namespace (default: the pod's own)")
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="watch WorkerAutoscalers cluster-wide"
+    )
 
     sub.add_parser("demo", help="run a short tour of every pattern and print the results")
     sub.add_parser("config", help="print every setting with its current value")
@@ -181,6 +212,26 @@ async def _call(settings: Settings, ns: argparse.Namespace) -> int:
         _out(f"{result.id} = {_human(result.result)}")
         _out(f"({how} in {result.elapsed_ms:.1f} ms)")
     return EXIT_OK
+
+
+def _autoscale_spec(ns: argparse.Namespace) -> PolicySpec | None:
+    """The local autoscaler's policy from ``up`` flags (None without --autoscale)."""
+    from service.operator.policy import PolicySpec
+
+    if not ns.autoscale:
+        return None
+    if ns.poll <= 0:
+        raise UsageError("--poll must be positive")
+    try:
+        return PolicySpec(
+            min_replicas=ns.min_workers,
+            max_replicas=ns.max_workers,
+            target_tasks_per_replica=ns.target_tasks,
+            stabilization_seconds=ns.scale_down_window,
+            cooldown_seconds=ns.cooldown,
+        )
+    except ValueError as exc:
+        raise UsageError(f"autoscale: {exc}") from None
 
 
 def _server(settings: Settings, ns: argparse.Namespace) -> int:
@@ -252,13 +303,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.stack import run_stack
 
             setup_logging(settings.log_level, settings.log_format)
-            if not 1 <= ns.workers <= 64:
-                raise UsageError("--workers must be between 1 and 64")
-            return asyncio.run(
+            if not 0 <= ns.workers <= 64:
+                raise UsageError("--workers must be between 0 and 64")
+            return _run(
                 run_stack(
-                    settings, _out, workers=ns.workers, port=ns.port, data=ns.data, group=ns.group
+                    settings,
+                    _out,
+                    workers=ns.workers,
+                    port=ns.port,
+                    data=ns.data,
+                    group=ns.group,
+                    autoscale=_autoscale_spec(ns),
+                    poll_seconds=ns.poll,
                 )
             )
+        if ns.command == "operator":
+            from service.operator.main import run_operator
+
+            setup_logging(settings.log_level, settings.log_format)
+            _run(run_operator(settings, namespace=ns.namespace, all_namespaces=ns.all_namespaces))
+            return EXIT_OK
         if ns.command == "config":
             return _config(settings)
         raise UsageError(f"unknown command {ns.command!r}")

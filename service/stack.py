@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from service.config import Settings
+    from service.operator.policy import PolicySpec
 
 #: Restart backoff for a process that keeps dying: 0.5 s doubling to 10 s.
 RESTART_BACKOFF = (0.5, 10.0)
@@ -315,8 +316,14 @@ async def run_stack(
     data: str | None,
     group: str | None,
     server_args: list[str] | None = None,
+    autoscale: PolicySpec | None = None,
+    poll_seconds: float = 2.0,
 ) -> int:
-    """``up``: run the stack in the foreground until SIGINT/SIGTERM."""
+    """``up``: run the stack in the foreground until SIGINT/SIGTERM.
+
+    With ``autoscale``, the operator's policy grows and shrinks the worker
+    processes by the local server's backlog for the group.
+    """
     plan = plan_stack(settings, workers=workers, port=port, data=data, group=group)
     stack = Stack(plan, out=out, server_args=server_args)
     stop = asyncio.Event()
@@ -329,8 +336,18 @@ async def run_stack(
     for line in stack.describe():
         out(line)
     out("press Ctrl-C to stop")
+    scaler: asyncio.Task[None] | None = None
+    if autoscale is not None:
+        from service.operator.local import autoscale_local
+
+        scaler = asyncio.create_task(
+            autoscale_local(stack, autoscale, stop, out, interval=poll_seconds)
+        )
     try:
         await stack.supervise(stop)
     finally:
+        if scaler is not None:
+            stop.set()
+            await scaler
         await stack.stop()
     return 0

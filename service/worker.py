@@ -19,56 +19,18 @@ import time
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__
 from service.runtime import Runtime, build_runtime
+from service.telemetry.http import health_app, serve_http
 from service.telemetry.logging import get_logger
 from service.telemetry.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
     from service.config import Settings
 
 #: How often the drain loop checks for in-flight work.
 _DRAIN_POLL_SECONDS = 0.05
-
-
-def health_app(registry: CollectorRegistry, is_ready: object) -> web.Application:
-    """An aiohttp app serving /healthz, /readyz (``is_ready()``) and /metrics."""
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        ready = bool(is_ready() if callable(is_ready) else is_ready)
-        return web.json_response(
-            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
-        )
-
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
-
-
-async def serve_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start ``app`` on ``host:port``; return the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
 
 
 class Worker:

@@ -55,7 +55,8 @@ class PolicySpec:
             problems.append("maxReplicas must be >= 1")
         if self.min_replicas > self.max_replicas:
             problems.append(
-                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})"
+                f"minReplicas ({self.min_replicas}) must not exceed "
+                f"maxReplicas ({self.max_replicas})"
             )
         if self.target_tasks_per_replica < 1:
             problems.append("targetTasksPerReplica must be >= 1")
@@ -193,14 +194,15 @@ def decide(
         raw = 0  # below activation: the group is idle (zero subject to cooldown)
     elif active and raw == 0:
         raw = 1
-    recs = tuple(r for r in state.recommendations if r[0] > window_start) + ((now, raw),)
+    recs = (*(r for r in state.recommendations if r[0] > window_start), (now, raw))
     carried = PolicyState(recs, last_active, 0)
 
     if raw > current:
         # Step-limited, but never left below minReplicas.
         desired = max(spec.min_replicas, min(raw, current + _step_limit(spec, current)))
         why = (
-            f"backlog {backlog} activates the group" if current == 0
+            f"backlog {backlog} activates the group"
+            if current == 0
             else f"backlog {backlog} needs {raw} replicas"
         )
         if desired < raw:

@@ -13,6 +13,7 @@ Never promise ids, inputs or URLs: those would make the series unbounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -262,3 +263,77 @@ def metrics_table() -> str:
         labels = ", ".join(f"`{label}`" for label in d.labels) or "-"
         rows.append(f"| `{d.name}` | {d.type} | {labels} | {d.help} |")
     return "\n".join(rows)
+
+
+class OperatorMetrics:
+    """The autoscaling operator's metric objects, in their own registry.
+
+    Labels: the autoscaler's ``namespace`` and name (``autoscaler``) and its
+    ``group``; one series set per WorkerAutoscaler object, never per task.
+    """
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        keys = ["namespace", "autoscaler", "group"]
+        self.backlog = Gauge(
+            AUTOSCALER_BACKLOG_NAME,
+            "Tasks of the group waiting (pending), running (acquired) and both (total).",
+            [*keys, "state"],
+            registry=r,
+        )
+        self.desired = Gauge(
+            AUTOSCALER_DESIRED_NAME,
+            "Replicas the policy wants for the worker Deployment.",
+            keys,
+            registry=r,
+        )
+        self.current = Gauge(
+            AUTOSCALER_CURRENT_NAME, "Replicas the worker Deployment has.", keys, registry=r
+        )
+        self.scales = Counter(
+            AUTOSCALER_SCALES_NAME,
+            "Scale operations performed, by direction (up, down).",
+            [*keys, "direction"],
+            registry=r,
+        )
+        self.read_failures = Counter(
+            AUTOSCALER_READ_FAILURES_NAME,
+            "Failed attempts to read the group's backlog from the Resonate server.",
+            keys,
+            registry=r,
+        )
+
+    def observed(
+        self, namespace: str, name: str, group: str, *, pending: int, acquired: int
+    ) -> None:
+        for state, value in (
+            ("pending", pending),
+            ("acquired", acquired),
+            ("total", pending + acquired),
+        ):
+            self.backlog.labels(namespace, name, group, state).set(value)
+
+    def replicas(
+        self, namespace: str, name: str, group: str, *, desired: int, current: int
+    ) -> None:
+        self.desired.labels(namespace, name, group).set(desired)
+        self.current.labels(namespace, name, group).set(current)
+
+    def scaled(self, namespace: str, name: str, group: str, *, up: bool) -> None:
+        self.scales.labels(namespace, name, group, "up" if up else "down").inc()
+
+    def read_failed(self, namespace: str, name: str, group: str) -> None:
+        self.read_failures.labels(namespace, name, group).inc()
+
+    def forget(self, namespace: str, name: str, group: str) -> None:
+        """Drop an autoscaler's series when it is deleted."""
+        for metric in (self.desired, self.current, self.read_failures):
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, name, group)
+        for state in ("pending", "acquired", "total"):
+            with contextlib.suppress(KeyError):
+                self.backlog.remove(namespace, name, group, state)
+        for direction in ("up", "down"):
+            with contextlib.suppress(KeyError):
+                self.scales.remove(namespace, name, group, direction)

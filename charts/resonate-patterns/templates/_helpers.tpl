@@ -1,0 +1,276 @@
+{{/*
+Helpers shared by every template of the resonate-patterns chart.
+
+Names follow the usual Helm conventions: every generated name is trimmed to
+63 characters (the limit of a DNS label and of a label value) without a
+trailing "-". Selector labels never carry the chart or app version, so an
+upgrade never changes an immutable Deployment selector.
+*/}}
+
+{{/*
+The chart name, or nameOverride. Used in app.kubernetes.io/name.
+*/}}
+{{- define "resonate-patterns.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The fully qualified app name: the prefix of every resource name.
+fullnameOverride wins; a release name that already contains the chart name
+is used alone (release "resonate-patterns" -> "resonate-patterns"), otherwise
+"<release>-<chart name>".
+*/}}
+{{- define "resonate-patterns.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"<chart name>-<chart version>" for the helm.sh/chart label ("+" is not
+allowed in label values).
+*/}}
+{{- define "resonate-patterns.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (no versions). Callers add
+app.kubernetes.io/component (and resonate-patterns.io/group for workers).
+*/}}
+{{- define "resonate-patterns.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "resonate-patterns.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels of every object: the selector labels plus chart, version,
+manager and the user's commonLabels.
+*/}}
+{{- define "resonate-patterns.labels" -}}
+helm.sh/chart: {{ include "resonate-patterns.chart" . }}
+{{ include "resonate-patterns.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "resonate-patterns.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the worker pods run as (they never call the
+Kubernetes API; their token is not mounted).
+*/}}
+{{- define "resonate-patterns.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-worker" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-") .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the operator runs as (bound to its Role or
+ClusterRole).
+*/}}
+{{- define "resonate-patterns.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (printf "%s-operator" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-") .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the Resonate server runs as.
+*/}}
+{{- define "resonate-patterns.server.serviceAccountName" -}}
+{{- if .Values.server.serviceAccount.create }}
+{{- default (printf "%s-server" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-") .Values.server.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.server.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Resonate server's Deployment, Service and PVC.
+*/}}
+{{- define "resonate-patterns.server.fullname" -}}
+{{- printf "%s-server" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the server's PersistentVolumeClaim (SQLite storage).
+*/}}
+{{- define "resonate-patterns.server.dataName" -}}
+{{- printf "%s-server-data" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the Secret the chart creates for server.storage.postgres.url.
+*/}}
+{{- define "resonate-patterns.server.postgresSecretName" -}}
+{{- printf "%s-server-postgres" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the operator's Deployment and Service.
+*/}}
+{{- define "resonate-patterns.operator.fullname" -}}
+{{- printf "%s-operator" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of one worker group's Deployment, Service, PodDisruptionBudget and
+WorkerAutoscaler: "<fullname>-worker-<group>". Call with
+(dict "root" $ "group" "<group name>").
+*/}}
+{{- define "resonate-patterns.worker.fullname" -}}
+{{- printf "%s-worker-%s" (include "resonate-patterns.fullname" .root) .group | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of one worker group's pods. Call with (dict "root" $ "group" "<name>").
+*/}}
+{{- define "resonate-patterns.worker.selectorLabels" -}}
+{{ include "resonate-patterns.selectorLabels" .root }}
+app.kubernetes.io/component: worker
+resonate-patterns.io/group: {{ .group }}
+{{- end }}
+
+{{/*
+The URL workers, the operator and the helm test use to reach the Resonate
+server: the in-cluster Service ("http://<svc>.<namespace>.svc:<port>", so a
+cluster-wide operator in another namespace resolves it too), or
+server.externalUrl when the chart does not run a server.
+*/}}
+{{- define "resonate-patterns.serverUrl" -}}
+{{- if .Values.server.enabled }}
+{{- printf "http://%s.%s.svc:%d" (include "resonate-patterns.server.fullname" .) .Release.Namespace (int .Values.server.port) }}
+{{- else }}
+{{- .Values.server.externalUrl | trimSuffix "/" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference "repository:tag" of the resonate-patterns image (tag
+defaults to the chart's appVersion). A tag that already carries a digest
+("v1@sha256:...") is used as is.
+*/}}
+{{- define "resonate-patterns.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) }}
+{{- end }}
+
+{{/*
+A number as an environment variable value: integers without a decimal point
+or exponent (Helm reads YAML numbers as float64, which prints 1000000 as
+"1e+06"), other numbers as they are.
+*/}}
+{{- define "resonate-patterns.number" -}}
+{{- $f := float64 . }}
+{{- if eq $f (float64 (int64 $f)) }}{{ int64 $f }}{{ else }}{{ $f }}{{ end }}
+{{- end }}
+
+{{/*
+The port every resonate-patterns process (worker and operator) serves
+/healthz, /readyz and /metrics on (RESONATE_PATTERNS_HTTP_PORT).
+*/}}
+{{- define "resonate-patterns.httpPort" -}}
+9400
+{{- end }}
+
+{{/*
+Deep-merge the map .src into the map .dst in place: nested maps are merged
+key by key, anything else in .src replaces the value in .dst -- including
+false, 0, "" and null, which sprig's mergeOverwrite would silently skip.
+*/}}
+{{- define "resonate-patterns.deepMerge" -}}
+{{- $dst := .dst }}
+{{- range $key, $value := .src }}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) }}
+{{- include "resonate-patterns.deepMerge" (dict "dst" (get $dst $key) "src" $value) }}
+{{- else }}
+{{- $_ := set $dst $key $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The effective settings of one worker group as YAML: workerDefaults
+deep-merged with the group's own entry of workerGroups. Call with
+(dict "root" $ "group" <entry>) and read it back with fromYaml.
+*/}}
+{{- define "resonate-patterns.workerGroup" -}}
+{{- $merged := deepCopy .root.Values.workerDefaults }}
+{{- include "resonate-patterns.deepMerge" (dict "dst" $merged "src" (deepCopy .group)) }}
+{{- toYaml $merged }}
+{{- end }}
+
+{{/*
+Whether the operator uses kopf peering ("true" or ""): when asked to, or
+whenever it runs more than one replica (peering is what keeps only one of
+them acting).
+*/}}
+{{- define "resonate-patterns.operator.peering" -}}
+{{- if and .Values.operator.enabled (or .Values.operator.peering.enabled (gt (int .Values.operator.replicas) 1)) }}true{{ end }}
+{{- end }}
+
+{{/*
+The value of RESONATE_PATTERNS_OPERATOR_PEERING: the peering object's name,
+or "standalone" when peering is off.
+*/}}
+{{- define "resonate-patterns.operator.peeringName" -}}
+{{- if include "resonate-patterns.operator.peering" . }}{{ .Values.operator.peering.name }}{{ else }}standalone{{ end }}
+{{- end }}
+
+{{/*
+Checks JSON schema cannot express (comparisons between two values, and
+names that collide after trimming). Rendered by templates/validate.yaml;
+each failure is one readable line naming the value to fix.
+*/}}
+{{- define "resonate-patterns.validate" -}}
+{{- $root := . }}
+{{- if and .Values.server.enabled (eq .Values.server.storage.type "sqlite") (gt (int .Values.server.replicas) 1) }}
+{{- fail (printf "server.replicas is %d but server.storage.type is sqlite: SQLite is one file on one volume, so the server runs exactly 1 replica; use postgres to run more" (int .Values.server.replicas)) }}
+{{- end }}
+{{- if and .Values.server.enabled (eq .Values.server.storage.type "postgres") (not .Values.server.storage.postgres.existingSecret) (not .Values.server.storage.postgres.url) }}
+{{- fail "server.storage.type is postgres: set server.storage.postgres.existingSecret (a Secret holding the connection URL) or server.storage.postgres.url" }}
+{{- end }}
+{{- if and (not .Values.server.enabled) (not .Values.server.externalUrl) }}
+{{- fail "server.enabled is false: set server.externalUrl to the URL of the Resonate server to use" }}
+{{- end }}
+{{- $names := dict }}
+{{- $deployments := dict }}
+{{- range $i, $entry := .Values.workerGroups }}
+{{- $g := include "resonate-patterns.workerGroup" (dict "root" $root "group" $entry) | fromYaml }}
+{{- $where := printf "workerGroups[%d] (%s)" $i $g.name }}
+{{- if hasKey $names $g.name }}
+{{- fail (printf "%s: the group name %q is used twice; every worker group needs its own name" $where $g.name) }}
+{{- end }}
+{{- $_ := set $names $g.name true }}
+{{- $deployment := include "resonate-patterns.worker.fullname" (dict "root" $root "group" $g.name) }}
+{{- if hasKey $deployments $deployment }}
+{{- fail (printf "%s: its resource name %q collides with another group's after trimming to 63 characters; shorten the group names or fullnameOverride" $where $deployment) }}
+{{- end }}
+{{- $_ := set $deployments $deployment true }}
+{{- $a := $g.autoscaling }}
+{{- if $a.enabled }}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) }}
+{{- fail (printf "%s: autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" $where (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
+{{- if not (kindIs "invalid" $a.fallbackReplicas) }}
+{{- if or (lt (int $a.fallbackReplicas) (int $a.minReplicas)) (gt (int $a.fallbackReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "%s: autoscaling.fallbackReplicas (%d) must lie between autoscaling.minReplicas (%d) and autoscaling.maxReplicas (%d)" $where (int $a.fallbackReplicas) (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

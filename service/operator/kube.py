@@ -1,0 +1,75 @@
+"""Kubernetes I/O of the operator, with kubernetes_asyncio (never blocking kopf's loop).
+
+* :class:`DeploymentScale` reads and patches a Deployment's ``/scale``
+  subresource, so the operator needs no write access to Deployments and puts
+  no finalizer on them;
+* :func:`patch_status` merge-patches a WorkerAutoscaler's status subresource;
+* :func:`load_api_config` loads in-cluster credentials, else the kubeconfig.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+GROUP = "resonate-patterns.io"
+VERSION = "v1alpha1"
+PLURAL = "workerautoscalers"
+
+
+class TargetMissingError(Exception):
+    """The scale target (a Deployment) does not exist."""
+
+
+class DeploymentScale:
+    """A Deployment's replica count, through its ``/scale`` subresource."""
+
+    def __init__(self, apps: k8s.AppsV1Api, namespace: str, name: str) -> None:
+        self.apps = apps
+        self.namespace = namespace
+        self.name = name
+
+    async def get_replicas(self) -> int:
+        try:
+            scale = await self.apps.read_namespaced_deployment_scale(self.name, self.namespace)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                msg = f"deployment {self.namespace}/{self.name} not found"
+                raise TargetMissingError(msg) from None
+            raise
+        replicas = scale.spec.replicas if scale.spec is not None else None
+        return int(replicas or 0)
+
+    async def set_replicas(self, replicas: int) -> None:
+        await self.apps.patch_namespaced_deployment_scale(
+            self.name, self.namespace, {"spec": {"replicas": replicas}}
+        )
+
+
+async def patch_status(
+    custom: k8s.CustomObjectsApi, namespace: str, name: str, status: dict[str, Any]
+) -> None:
+    """Merge-patch the status subresource of one WorkerAutoscaler."""
+    await custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": status},
+        # A dict body would otherwise be sent as a JSON patch, which the API rejects.
+        _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+    )
+
+
+async def load_api_config() -> k8s.Configuration:
+    """In-cluster service account credentials, else the local kubeconfig."""
+    cfg = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        await k8s_config.load_kube_config(client_configuration=cfg)
+    return cfg

@@ -1,0 +1,151 @@
+"""The life of one WorkerAutoscaler: poll, decide, scale, report, until it is deleted.
+
+Run by a kopf daemon (one per object). Every ``pollingIntervalSeconds`` it
+reads the live spec, runs :func:`~service.operator.autoscaler.autoscale_step`,
+posts a Kubernetes Event when it scales (reason ``ScaledUp``, ``ScaledDown``
+or ``Fallback`` with the policy's explanation), and writes the status. A bad
+spec or a missing Deployment is reported in the status (``Ready=False``) and
+retried every poll, so fixing either needs no operator restart. The policy
+state (stabilization window, cooldown clock, failure count) lives in the
+status, so it survives operator restarts and leader changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kopf
+from kubernetes_asyncio import client as k8s
+
+from service.operator.autoscaler import Identity, autoscale_step
+from service.operator.backlog import BacklogReader
+from service.operator.kube import DeploymentScale, TargetMissingError, patch_status
+from service.operator.policy import PolicySpec, PolicyState
+from service.operator.status import error_status, is_paused, step_status
+
+if TYPE_CHECKING:
+    from service.telemetry.metrics import OperatorMetrics
+
+#: Shortest poll interval honoured, whatever the spec says.
+MIN_POLL_SECONDS = 0.05
+
+
+@dataclass
+class OperatorContext:
+    """What every autoscaler loop shares: clients, metrics and readers per server."""
+
+    api_config: k8s.Configuration
+    metrics: OperatorMetrics
+    #: Overrides every spec's pollingIntervalSeconds (tests and local demos).
+    poll_seconds: float | None = None
+    readers: dict[str, BacklogReader] = field(default_factory=dict)
+    api: k8s.ApiClient | None = None
+
+    def client(self) -> k8s.ApiClient:
+        if self.api is None:
+            self.api = k8s.ApiClient(self.api_config)
+        return self.api
+
+    def reader(self, url: str) -> BacklogReader:
+        if url not in self.readers:
+            self.readers[url] = BacklogReader(url)
+        return self.readers[url]
+
+    async def close(self) -> None:
+        for reader in self.readers.values():
+            await reader.close()
+        self.readers.clear()
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+
+
+def _interval(spec: dict[str, Any], ctx: OperatorContext) -> float:
+    if ctx.poll_seconds is not None:
+        return max(ctx.poll_seconds, MIN_POLL_SECONDS)
+    raw = spec.get("pollingIntervalSeconds", 5)
+    return float(raw) if isinstance(raw, int | float) and raw >= 1 else 5.0
+
+
+def _scale_event(body: kopf.Body, result: Any, target: str) -> None:
+    decision = result.decision
+    reason = (
+        "Fallback"
+        if decision.fallback
+        else ("ScaledUp" if result.direction == "up" else "ScaledDown")
+    )
+    message = f"{target}: {result.current_before} -> {result.current} replicas; {decision.reason}"
+    if decision.fallback:
+        kopf.warn(body, reason=reason, message=message)
+    else:
+        kopf.info(body, reason=reason, message=message)
+
+
+async def run_autoscaler(
+    body: kopf.Body, stopped: kopf.DaemonStopped, ctx: OperatorContext, logger: Any
+) -> None:
+    """Poll and scale until the daemon is stopped (object deleted or operator exiting)."""
+    name = body.metadata.name or ""
+    namespace = body.metadata.namespace or ""
+    status: dict[str, Any] = dict(body.get("status") or {})
+    state = PolicyState.from_status(status.get("policy"))
+    custom = k8s.CustomObjectsApi(ctx.client())
+    apps = k8s.AppsV1Api(ctx.client())
+    group = ""
+    try:
+        while not stopped:
+            spec: dict[str, Any] = dict(body.spec)
+            generation = body.metadata.get("generation")
+            group = str(spec.get("group", ""))
+            target_name = str((spec.get("scaleTargetRef") or {}).get("name", ""))
+            paused = is_paused(spec, dict(body.metadata.annotations))
+            try:
+                policy = PolicySpec.from_resource(spec)
+                if not group or not target_name or not spec.get("resonateUrl"):
+                    msg = "spec needs group, resonateUrl and scaleTargetRef.name"
+                    raise ValueError(msg)
+            except (ValueError, TypeError, KeyError) as exc:
+                status = error_status(status, generation, "InvalidSpec", str(exc), time.time())
+                logger.error(f"invalid spec: {exc}")
+            else:
+                who = Identity(namespace, name, group)
+                target = DeploymentScale(apps, namespace, target_name)
+                try:
+                    result = await autoscale_step(
+                        who,
+                        policy,
+                        state,
+                        ctx.reader(str(spec["resonateUrl"])),
+                        target,
+                        ctx.metrics,
+                        paused=paused,
+                    )
+                except TargetMissingError as exc:
+                    status = error_status(
+                        status, generation, "TargetMissing", str(exc), time.time()
+                    )
+                    logger.warning(str(exc))
+                except k8s.ApiException as exc:
+                    message = f"scaling {target_name} failed: {exc.status} {exc.reason}"
+                    status = error_status(status, generation, "ScaleFailed", message, time.time())
+                    logger.warning(message)
+                else:
+                    state = result.decision.state
+                    status = step_status(
+                        result, status, generation, activation_tasks=policy.activation_tasks
+                    )
+                    if result.scaled:
+                        _scale_event(body, result, target_name)
+                        logger.info(f"scaled {target_name}: {result.decision.reason}")
+            try:
+                await patch_status(custom, namespace, name, status)
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return  # the autoscaler is gone
+                logger.warning(f"status update failed: {exc.status} {exc.reason}")
+            await stopped.wait(_interval(spec, ctx))
+    finally:
+        if group:
+            ctx.metrics.forget(namespace, name, group)

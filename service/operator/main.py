@@ -1,0 +1,93 @@
+"""``resonate-patterns operator``: run the autoscaling operator until SIGTERM.
+
+Watches WorkerAutoscalers in one namespace (the operator's own by default,
+``RESONATE_PATTERNS_WATCH_NAMESPACE`` or ``--namespace``) or in all of them
+(``*`` / ``--all-namespaces``), serves ``/healthz``, ``/readyz`` and
+``/metrics`` on ``RESONATE_PATTERNS_HTTP_PORT``, and coordinates with other
+replicas through kopf peering (``RESONATE_PATTERNS_OPERATOR_PEERING``) so only
+one acts at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import kopf
+import structlog
+
+from service import __version__
+from service.operator.handlers import build_registry, make_memo
+from service.operator.kube import load_api_config
+from service.operator.loop import OperatorContext
+from service.telemetry.http import health_app, serve_http
+from service.telemetry.logging import get_logger
+from service.telemetry.metrics import OperatorMetrics
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+#: Where Kubernetes mounts the pod's namespace.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace() -> str:
+    """The namespace this pod runs in, or ``default`` outside a cluster."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def watch_scope(
+    settings: Settings, namespace: str | None, all_namespaces: bool
+) -> tuple[bool, list[str]]:
+    """(clusterwide, namespaces) from flags, then settings, then the pod's namespace."""
+    if all_namespaces or (namespace is None and settings.watch_namespace == "*"):
+        return True, []
+    return False, [namespace or settings.watch_namespace or own_namespace()]
+
+
+async def run_operator(
+    settings: Settings, *, namespace: str | None = None, all_namespaces: bool = False
+) -> None:
+    metrics = OperatorMetrics()
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runner, port = await serve_http(
+        health_app(metrics.registry, ready.is_set), settings.http_host, settings.http_port
+    )
+    clusterwide, namespaces = watch_scope(settings, namespace, all_namespaces)
+    peering = None if settings.operator_peering == "standalone" else settings.operator_peering
+    log = get_logger("service.operator")
+    structlog.contextvars.bind_contextvars(component="operator")
+    log.info(
+        "operator_started",
+        version=__version__,
+        clusterwide=clusterwide,
+        namespaces=namespaces,
+        peering=peering or "standalone",
+        http_port=port,
+    )
+    context = OperatorContext(api_config=await load_api_config(), metrics=metrics)
+    try:
+        await kopf.operator(
+            registry=build_registry(peering=peering),
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            memo=make_memo(context),
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    finally:
+        await runner.cleanup()
+        log.info("operator_stopped")

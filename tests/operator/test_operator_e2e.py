@@ -1,0 +1,496 @@
+"""The operator end to end: kopf in-process against kmock, and a real local Resonate server.
+
+Every test runs the operator's own handlers (``build_registry``) with its own
+loop, reading backlogs from a live local server over HTTP and scaling a
+Deployment through kmock's emulated ``/scale`` subresource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import kopf
+import pytest
+from kubernetes_asyncio import client as k8s
+from resonate_base import PROTOCOL_VERSION
+
+from service.operator.handlers import build_registry, make_memo
+from service.operator.loop import OperatorContext
+from service.stack import free_port
+from service.telemetry.metrics import OperatorMetrics
+from tests.operator.kmock_shim import (
+    DEPLOYMENTS,
+    EVENTS,
+    GROUP,
+    NS,
+    PLURAL,
+    VERSION,
+    WA,
+    Emulator,
+    declare_resources,
+)
+
+pytestmark = pytest.mark.kmock(cls=Emulator)
+
+POLL = 0.2
+
+
+def fast(settings: kopf.OperatorSettings) -> None:
+    settings.scanning.disabled = True
+    settings.watching.reconnect_backoff = 0.05
+    settings.networking.error_backoffs = [0.1, 0.2]
+    settings.background.cancellation_polling = 0.1
+    settings.queueing.exit_timeout = 0.5
+
+
+class Resonate:
+    """A local Resonate server process (real HTTP) the operator reads backlogs from.
+
+    A separate process, not a server in the test's loop: kopf treats every task
+    created in its loop while it runs as its own and cancels them on exit.
+    """
+
+    def __init__(self, data: Path) -> None:
+        self.data = str(data)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "server",
+                "--port",
+                str(self.port),
+                "--data",
+                self.data,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"{self.url}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)
+        raise AssertionError("the local server did not start")
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.proc.wait, 10)
+            self.proc = None
+
+    async def send(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        envelope = {
+            "kind": kind,
+            "head": {"corrId": "t", "version": PROTOCOL_VERSION},
+            "data": data,
+        }
+        async with aiohttp.ClientSession() as session, session.post(self.url, json=envelope) as r:
+            return await r.json()
+
+    async def submit(self, group: str, ids: list[str]) -> None:
+        """Work for ``group`` (nobody runs it: these tests control the backlog)."""
+        for pid in ids:
+            out = await self.send(
+                "promise.create",
+                {
+                    "id": pid,
+                    "timeoutAt": 1 << 60,
+                    "tags": {"resonate:target": f"poll://any@{group}"},
+                },
+            )
+            assert out["head"]["status"] == 200
+
+    async def finish(self, ids: list[str]) -> None:
+        for pid in ids:
+            await self.send("promise.settle", {"id": pid, "state": "resolved"})
+
+
+class Cluster:
+    """The emulated Kubernetes API plus helpers to seed and read objects."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.config = k8s.Configuration(host=str(emulator.url).rstrip("/"))
+
+    async def create_deployment(self, name: str, replicas: int) -> None:
+        labels = {"app": name}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "worker", "image": "rp:dev"}]},
+                },
+            },
+            "status": {"replicas": replicas},
+        }
+        resp = await self.emulator.post(f"/apis/apps/v1/namespaces/{NS}/deployments", json=body)
+        assert resp.status == 200, await resp.text()
+
+    async def create_autoscaler(
+        self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None
+    ) -> None:
+        full = {
+            "minReplicas": 1,
+            "maxReplicas": 6,
+            "targetTasksPerReplica": 2,
+            "activationTasks": 1,
+            "pollingIntervalSeconds": 1,
+            "scaleUp": {"maxStep": 10},
+            "scaleDown": {"stabilizationWindowSeconds": 1, "cooldownSeconds": 0},
+            "failureThreshold": 3,
+            "paused": False,
+            **spec,
+        }
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WorkerAutoscaler",
+            "metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
+            "spec": full,
+        }
+        resp = await self.emulator.post(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", json=body
+        )
+        assert resp.status == 200, await resp.text()
+
+    def replicas(self, deployment: str) -> int:
+        return int(self.emulator.objects[DEPLOYMENTS, NS, deployment]["spec"]["replicas"])
+
+    def status(self, autoscaler: str) -> dict[str, Any]:
+        return dict(self.emulator.objects[WA, NS, autoscaler].get("status") or {})
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        return [
+            dict(obj)
+            for (res, ns, _), obj in self.emulator.objects.items()
+            if res == EVENTS and ns == NS and (reason is None or obj.get("reason") == reason)
+        ]
+
+    async def patch(self, path: str, body: dict[str, Any]) -> None:
+        resp = await self.emulator.patch(
+            path, json=body, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        assert resp.status == 200, await resp.text()
+
+    async def user_scale(self, deployment: str, replicas: int) -> None:
+        """What `kubectl scale deploy/NAME --replicas=N` does."""
+        async with k8s.ApiClient(self.config) as api:
+            await k8s.AppsV1Api(api).patch_namespaced_deployment_scale(
+                deployment, NS, {"spec": {"replicas": replicas}}
+            )
+
+
+async def until(check: Callable[[], bool], within: float = 10, what: str = "") -> float:
+    """Wait until ``check()``; return how long it took."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+async def resonate(tmp_path: Path) -> AsyncIterator[Resonate]:
+    server = Resonate(tmp_path / "resonate.db")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def cluster(kmock: Emulator) -> Cluster:
+    declare_resources(kmock)
+    return Cluster(kmock)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(cluster: Cluster) -> AsyncIterator[OperatorContext]:
+    """The operator's handlers running in this loop against the emulator.
+
+    Entered and left in the test's own task: kopf cancels, as hung, every
+    task created while it ran that is still alive when it stops, and a
+    fixture's teardown runs in such a task.
+    """
+    server = str(cluster.emulator.url)
+    context = OperatorContext(
+        api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
+    )
+    registry = build_registry(
+        peering=None,
+        login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
+        tweak=fast,
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            namespaces=[NS],
+            memo=make_memo(context),
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield context
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert task.exception() is None
+    assert all(
+        isinstance(e, kmock.KubernetesError) and e.status < 500 for e in cluster.emulator.errors
+    ), cluster.emulator.errors
+
+
+def sample(ctx: OperatorContext, name: str, **labels: str) -> float:
+    value = ctx.metrics.registry.get_sample_value(name, {"namespace": NS, **labels})
+    return 0.0 if value is None else value
+
+
+async def test_backlog_grows__replicas_rise_with_event_and_status_then_fall_after_window(
+    cluster: Cluster, resonate: Resonate, record_property: Any
+) -> None:
+    async with running_operator(cluster) as operator:
+        await cluster.create_deployment("workers", 1)
+        await cluster.create_autoscaler(
+            "workers",
+            {
+                "scaleTargetRef": {"name": "workers"},
+                "resonateUrl": resonate.url,
+                "group": "workers",
+                "scaleDown": {"stabilizationWindowSeconds": 2, "cooldownSeconds": 0},
+            },
+        )
+        await until(
+            lambda: cluster.status("workers").get("observedPending") == 0, what="first poll"
+        )
+        ids = [f"job-{i}" for i in range(8)]
+        await resonate.submit("workers", ids)
+        reacted_up = await until(lambda: cluster.replicas("workers") == 4, what="scale up to 4")
+        await until(
+            lambda: cluster.status("workers").get("currentReplicas") == 4, what="status after scale"
+        )
+        status = cluster.status("workers")
+        assert (
+            status["observedPending"],
+            status["desiredReplicas"],
+            status["currentReplicas"],
+        ) == (8, 4, 4)
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        assert conditions == {
+            "Ready": "True",
+            "Active": "True",
+            "Fallback": "False",
+            "Paused": "False",
+        }
+        assert "backlog 8 needs 4 replicas" in status["lastScaleReason"]
+        await until(lambda: bool(cluster.events("ScaledUp")), what="ScaledUp event")
+        [event] = cluster.events("ScaledUp")
+        assert event["involvedObject"]["kind"] == "WorkerAutoscaler"
+        assert "workers: 1 -> 4 replicas" in event["message"]
+        labels = {"autoscaler": "workers", "group": "workers"}
+        assert (
+            sample(
+                operator, "resonate_patterns_autoscaler_backlog_tasks", state="pending", **labels
+            )
+            == 8
+        )
+        assert sample(operator, "resonate_patterns_autoscaler_desired_replicas", **labels) == 4
+        assert sample(operator, "resonate_patterns_autoscaler_current_replicas", **labels) == 4
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_scale_events_total",
+                direction="up",
+                **labels,
+            )
+            == 1
+        )
+
+        # The backlog drains: replicas hold for the 2 s stabilization window, then fall.
+        await resonate.finish(ids)
+        drained = time.monotonic()
+        await until(lambda: cluster.status("workers").get("observedPending") == 0, what="drained")
+        reacted_down = await until(
+            lambda: cluster.replicas("workers") == 1, within=15, what="scale down to 1"
+        )
+        held = time.monotonic() - drained
+        assert held >= 2.0 - POLL, f"scaled down after {held:.2f}s, inside the 2 s window"
+        await until(lambda: bool(cluster.events("ScaledDown")), what="ScaledDown event")
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_scale_events_total",
+                direction="down",
+                **labels,
+            )
+            == 1
+        )
+        record_property("scale_up_reaction_seconds", round(reacted_up, 3))
+        record_property("scale_down_after_drain_seconds", round(held, 3))
+        assert reacted_up < 2
+        assert reacted_down < 15
+
+
+async def test_paused__user_scale_left_alone(cluster: Cluster, resonate: Resonate) -> None:
+    async with running_operator(cluster):
+        await cluster.create_deployment("paused", 1)
+        await cluster.create_autoscaler(
+            "paused",
+            {"scaleTargetRef": {"name": "paused"}, "resonateUrl": resonate.url, "group": "quiet"},
+            annotations={"resonate-patterns.io/paused": "true"},
+        )
+        await resonate.submit("quiet", [f"q-{i}" for i in range(10)])
+        await until(lambda: cluster.status("paused").get("observedPending") == 10, what="observed")
+        await cluster.user_scale("paused", 3)
+        await asyncio.sleep(6 * POLL)
+        assert cluster.replicas("paused") == 3, "a paused autoscaler never touches the Deployment"
+        status = cluster.status("paused")
+        assert status["desiredReplicas"] == 5
+        assert {c["type"]: c["status"] for c in status["conditions"]}["Paused"] == "True"
+        assert cluster.events("ScaledUp") == []
+        # Unpausing hands the Deployment back to the policy.
+        await cluster.patch(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}/paused",
+            {"metadata": {"annotations": {"resonate-patterns.io/paused": "false"}}},
+        )
+        await until(lambda: cluster.replicas("paused") == 5, what="scaled after unpause")
+
+
+async def test_server_down__failures_then_fallback_then_recovery(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    async with running_operator(cluster) as operator:
+        await cluster.create_deployment("fragile", 4)
+        await cluster.create_autoscaler(
+            "fragile",
+            {
+                "scaleTargetRef": {"name": "fragile"},
+                "resonateUrl": resonate.url,
+                "group": "fragile",
+                "fallbackReplicas": 2,
+                "failureThreshold": 3,
+                "scaleDown": {"stabilizationWindowSeconds": 0, "cooldownSeconds": 0},
+            },
+        )
+        await resonate.submit("fragile", [f"f-{i}" for i in range(8)])
+        await until(lambda: cluster.status("fragile").get("observedPending") == 8, what="observed")
+        assert cluster.replicas("fragile") == 4
+        await resonate.stop()
+        await until(
+            lambda: cluster.status("fragile").get("consecutiveFailures", 0) >= 1,
+            what="a failed read",
+        )
+        status = cluster.status("fragile")
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "False"
+        assert ready["reason"] == "BacklogUnreadable"
+        assert cluster.replicas("fragile") == 4, "held below the failure threshold"
+        await until(lambda: cluster.replicas("fragile") == 2, what="fallback replicas")
+        assert cluster.replicas("fragile") > 0
+        await until(lambda: bool(cluster.events("Fallback")), what="Fallback event")
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_backlog_read_failures_total",
+                autoscaler="fragile",
+                group="fragile",
+            )
+            >= 3
+        )
+        # The server comes back (same store): reads succeed and the policy takes over again.
+        await resonate.start()
+        await until(
+            lambda: cluster.status("fragile").get("consecutiveFailures") == 0, what="recovered"
+        )
+        await until(lambda: cluster.replicas("fragile") == 4, what="back to the backlog's 4")
+        conditions = {c["type"]: c["status"] for c in cluster.status("fragile")["conditions"]}
+        assert (conditions["Ready"], conditions["Fallback"]) == ("True", "False")
+
+
+async def test_two_autoscalers__independent_groups(cluster: Cluster, resonate: Resonate) -> None:
+    async with running_operator(cluster):
+        for name in ("alpha", "beta"):
+            await cluster.create_deployment(name, 1)
+            await cluster.create_autoscaler(
+                name,
+                {
+                    "scaleTargetRef": {"name": name},
+                    "resonateUrl": resonate.url,
+                    "group": name,
+                },
+            )
+        await resonate.submit("alpha", [f"a-{i}" for i in range(6)])
+        await resonate.submit("beta", [f"b-{i}" for i in range(11)])
+        await until(lambda: cluster.replicas("alpha") == 3, what="alpha at 3")
+        await until(lambda: cluster.replicas("beta") == 6, what="beta at 6 (max)")
+        # The status is written right after the scale, so wait for it too.
+        await until(lambda: cluster.status("beta").get("observedPending") == 11, what="status")
+
+
+async def test_bad_spec_and_missing_target__reported_not_crashing(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    async with running_operator(cluster):
+        await cluster.create_autoscaler(
+            "nodeploy",
+            {
+                "scaleTargetRef": {"name": "absent"},
+                "resonateUrl": resonate.url,
+                "group": "g1",
+            },
+        )
+        await cluster.create_autoscaler(
+            "inverted",
+            {
+                "scaleTargetRef": {"name": "absent"},
+                "resonateUrl": resonate.url,
+                "group": "g2",
+                "minReplicas": 5,
+                "maxReplicas": 2,
+            },
+        )
+
+        def ready(name: str) -> dict[str, Any]:
+            conds = cluster.status(name).get("conditions") or []
+            return next((c for c in conds if c["type"] == "Ready"), {})
+
+        await until(lambda: ready("nodeploy").get("reason") == "TargetMissing", what="missing")
+        assert "deployment ns1/absent not found" in ready("nodeploy")["message"]
+        await until(lambda: ready("inverted").get("reason") == "InvalidSpec", what="invalid")
+        assert "minReplicas (5) must not exceed maxReplicas (2)" in ready("inverted")["message"]
+        # Creating the Deployment later is picked up without restarting anything.
+        await cluster.create_deployment("absent", 1)
+        await until(lambda: ready("nodeploy").get("reason") == "BacklogRead", what="recovered")
