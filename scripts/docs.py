@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from service.config import settings_table
 from service.patterns.registry import PATTERNS
-from service.telemetry.metrics import metrics_table
+from service.telemetry.metrics import metrics_table, operator_metrics_table
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,6 +32,7 @@ def patterns_table() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "config": settings_table,
     "metrics": metrics_table,
+    "operator-metrics": operator_metrics_table,
     "patterns": patterns_table,
 }
 

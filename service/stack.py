@@ -318,6 +318,7 @@ async def run_stack(
     server_args: list[str] | None = None,
     autoscale: PolicySpec | None = None,
     poll_seconds: float = 2.0,
+    metrics_port: int | None = 0,
 ) -> int:
     """``up``: run the stack in the foreground until SIGINT/SIGTERM.
 
@@ -341,7 +342,9 @@ async def run_stack(
         from service.operator.local import autoscale_local
 
         scaler = asyncio.create_task(
-            autoscale_local(stack, autoscale, stop, out, interval=poll_seconds)
+            autoscale_local(
+                stack, autoscale, stop, out, interval=poll_seconds, metrics_port=metrics_port
+            )
         )
     try:
         await stack.supervise(stop)

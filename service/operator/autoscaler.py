@@ -71,6 +71,7 @@ async def autoscale_step(
 ) -> StepResult:
     """Read, decide, and (unless ``paused``) scale. Raises only if the target fails."""
     at = time.time() if now is None else now
+    metrics.ensure(who.namespace, who.name, who.group)
     backlog: Backlog | None = None
     read_error: str | None = None
     try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from service.operator.autoscaler import Identity, autoscale_step
 from service.operator.backlog import BacklogReader
 from service.operator.policy import PolicySpec, PolicyState
+from service.telemetry.http import health_app, serve_http
 from service.telemetry.logging import get_logger
 from service.telemetry.metrics import OperatorMetrics
 
@@ -46,8 +47,13 @@ async def autoscale_local(
     *,
     interval: float = 2.0,
     metrics: OperatorMetrics | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Scale ``stack``'s workers by its group's backlog until ``stop`` is set."""
+    """Scale ``stack``'s workers by its group's backlog until ``stop`` is set.
+
+    With ``metrics_port``, the autoscaler's metrics (the operator's) are served
+    on ``/metrics`` there (0 picks a free port), as the operator serves them.
+    """
     who = Identity("local", "up", stack.plan.group)
     reader = BacklogReader(stack.plan.url)
     target = LocalWorkers(stack)
@@ -58,6 +64,12 @@ async def autoscale_local(
         f"autoscaling group {who.group!r}: {spec.min_replicas}-{spec.max_replicas} workers, "
         f"{spec.target_tasks_per_replica} tasks per worker, polling every {interval:g}s"
     )
+    runner = None
+    if metrics_port is not None:
+        runner, port = await serve_http(
+            health_app(metrics.registry, lambda: not stop.is_set()), stack.plan.host, metrics_port
+        )
+        out(f"autoscaler metrics http://{stack.plan.host}:{port}/metrics")
     try:
         while not stop.is_set():
             result = await autoscale_step(who, spec, state, reader, target, metrics)
@@ -84,3 +96,5 @@ async def autoscale_local(
                 await asyncio.wait_for(stop.wait(), interval)
     finally:
         await reader.close()
+        if runner is not None:
+            await runner.cleanup()

@@ -154,8 +154,52 @@ WORKER_PANELS: list[Panel] = [
     ),
 ]
 
-#: Panels added once the autoscaling operator exports its metrics.
-OPERATOR_PANELS: list[Panel] = []
+_AUTOSCALER = 'group=~"$group"'
+
+#: The autoscaling operator's panels (Kubernetes operator or `up --autoscale`).
+OPERATOR_PANELS: list[Panel] = [
+    Panel(
+        "Backlog per group",
+        "Tasks waiting for a worker (pending) and held by one (acquired), as the autoscaler reads "
+        "them from the Resonate server.",
+        [
+            (
+                "{{group}} {{state}}",
+                f"sum by (group, state) ({m.AUTOSCALER_BACKLOG_NAME}"
+                f'{{{_AUTOSCALER},state=~"pending|acquired"}})',
+            )
+        ],
+    ),
+    Panel(
+        "Desired vs current replicas",
+        "What the policy wants and what the worker Deployment has, per autoscaler.",
+        [
+            (
+                "desired {{autoscaler}}",
+                f"sum by (autoscaler) ({m.AUTOSCALER_DESIRED_NAME}{{{_AUTOSCALER}}})",
+            ),
+            (
+                "current {{autoscaler}}",
+                f"sum by (autoscaler) ({m.AUTOSCALER_CURRENT_NAME}{{{_AUTOSCALER}}})",
+            ),
+        ],
+    ),
+    Panel(
+        "Scale events and backlog read failures",
+        "Scale operations by direction, and failed reads of the Resonate server (fallback risk).",
+        [
+            (
+                "scale {{direction}}",
+                f"sum by (direction) (increase({m.AUTOSCALER_SCALES_NAME}{{{_AUTOSCALER}}}"
+                f"{_RATE}))",
+            ),
+            (
+                "read failures",
+                f"sum(increase({m.AUTOSCALER_READ_FAILURES_NAME}{{{_AUTOSCALER}}}{_RATE}))",
+            ),
+        ],
+    ),
+]
 
 
 def _grid(panels: list[Panel]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -224,25 +224,9 @@ class WorkerMetrics:
         self.root_max_depth.labels(function, self.group).observe(max_depth)
 
 
-def metric_docs() -> list[MetricDoc]:
-    """Describe every metric a worker exports, read from the live definitions."""
-    metrics = WorkerMetrics("docs")
+def _docs(collectors: list[Any]) -> list[MetricDoc]:
     docs: list[MetricDoc] = []
-    for collector in (
-        metrics.cache_hits,
-        metrics.cache_misses,
-        metrics.execution_depth,
-        metrics.execution_depth_max,
-        metrics.root_max_depth,
-        metrics.executions,
-        metrics.execution_duration,
-        metrics.in_flight,
-        metrics.fanout_width,
-        metrics.leases_lost,
-        metrics.tasks_redelivered,
-        metrics.worker_info,
-        metrics.worker_ready,
-    ):
+    for collector in collectors:
         for family in collector.describe():
             name = family.name
             if family.type == "counter":
@@ -256,13 +240,50 @@ def metric_docs() -> list[MetricDoc]:
     return docs
 
 
-def metrics_table() -> str:
-    """The metrics reference as a Markdown table (embedded in the docs)."""
+def metric_docs() -> list[MetricDoc]:
+    """Describe every metric a worker exports, read from the live definitions."""
+    m = WorkerMetrics("docs")
+    return _docs(
+        [
+            m.cache_hits,
+            m.cache_misses,
+            m.execution_depth,
+            m.execution_depth_max,
+            m.root_max_depth,
+            m.executions,
+            m.execution_duration,
+            m.in_flight,
+            m.fanout_width,
+            m.leases_lost,
+            m.tasks_redelivered,
+            m.worker_info,
+            m.worker_ready,
+        ]
+    )
+
+
+def operator_metric_docs() -> list[MetricDoc]:
+    """Describe every metric the autoscaling operator exports."""
+    m = OperatorMetrics()
+    return _docs([m.backlog, m.desired, m.current, m.scales, m.read_failures])
+
+
+def _table(docs: list[MetricDoc]) -> str:
     rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
-    for d in metric_docs():
+    for d in docs:
         labels = ", ".join(f"`{label}`" for label in d.labels) or "-"
         rows.append(f"| `{d.name}` | {d.type} | {labels} | {d.help} |")
     return "\n".join(rows)
+
+
+def metrics_table() -> str:
+    """The worker metrics reference as a Markdown table (embedded in the docs)."""
+    return _table(metric_docs())
+
+
+def operator_metrics_table() -> str:
+    """The operator metrics reference as a Markdown table (embedded in the docs)."""
+    return _table(operator_metric_docs())
 
 
 class OperatorMetrics:
@@ -303,6 +324,12 @@ class OperatorMetrics:
             keys,
             registry=r,
         )
+
+    def ensure(self, namespace: str, name: str, group: str) -> None:
+        """Create an autoscaler's counters at 0, so rates and alerts see them from the start."""
+        self.read_failures.labels(namespace, name, group)
+        for direction in ("up", "down"):
+            self.scales.labels(namespace, name, group, direction)
 
     def observed(
         self, namespace: str, name: str, group: str, *, pending: int, acquired: int

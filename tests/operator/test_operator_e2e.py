@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from service.operator.loop import OperatorContext
 from service.stack import free_port
 from service.telemetry.metrics import OperatorMetrics
 from tests.operator.kmock_shim import (
+    ALL_VERBS,
     DEPLOYMENTS,
     EVENTS,
     GROUP,
@@ -235,7 +237,9 @@ async def cluster(kmock: Emulator) -> Cluster:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: Cluster) -> AsyncIterator[OperatorContext]:
+async def running_operator(
+    cluster: Cluster, *, peering: str | None = None, priority: int = 0
+) -> AsyncIterator[OperatorContext]:
     """The operator's handlers running in this loop against the emulator.
 
     Entered and left in the test's own task: kopf cancels, as hung, every
@@ -247,7 +251,7 @@ async def running_operator(cluster: Cluster) -> AsyncIterator[OperatorContext]:
         api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
     )
     registry = build_registry(
-        peering=None,
+        peering=peering,
         login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
         tweak=fast,
     )
@@ -255,7 +259,9 @@ async def running_operator(cluster: Cluster) -> AsyncIterator[OperatorContext]:
     task = asyncio.create_task(
         kopf.operator(
             registry=registry,
-            standalone=True,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
             namespaces=[NS],
             memo=make_memo(context),
             stop_flag=stop,
@@ -494,3 +500,97 @@ async def test_bad_spec_and_missing_target__reported_not_crashing(
         # Creating the Deployment later is picked up without restarting anything.
         await cluster.create_deployment("absent", 1)
         await until(lambda: ready("nodeploy").get("reason") == "BacklogRead", what="recovered")
+
+
+def _operator_in_thread(
+    cluster: Cluster, context: OperatorContext, peering: str, priority: int
+) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A second operator replica, in its own thread and event loop (as another pod would)."""
+    server = str(cluster.emulator.url)
+    stop, ready = threading.Event(), threading.Event()
+
+    def main() -> None:
+        registry = build_registry(
+            peering=peering,
+            login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
+            tweak=fast,
+        )
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                standalone=False,
+                peering_name=peering,
+                priority=priority,
+                namespaces=[NS],
+                memo=make_memo(context),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+
+    thread = threading.Thread(target=main, name=f"operator-{priority}", daemon=True)
+    thread.start()
+    return thread, stop, ready
+
+
+async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    cluster.emulator.resources["kopf.dev/v1/kopfpeerings"] = kmock.ResourceInfo(
+        kind="KopfPeering", namespaced=True, verbs=ALL_VERBS
+    )
+    resp = await cluster.emulator.post(
+        f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings",
+        json={
+            "apiVersion": "kopf.dev/v1",
+            "kind": "KopfPeering",
+            "metadata": {"name": "rp", "namespace": NS},
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    await cluster.create_deployment("shared", 1)
+    await cluster.create_autoscaler(
+        "shared",
+        {
+            "scaleTargetRef": {"name": "shared"},
+            "resonateUrl": resonate.url,
+            "group": "shared",
+        },
+    )
+    standby_context = OperatorContext(
+        api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
+    )
+
+    def observed(ctx: OperatorContext) -> float:
+        return sample(
+            ctx,
+            "resonate_patterns_autoscaler_current_replicas",
+            autoscaler="shared",
+            group="shared",
+        )
+
+    async with running_operator(cluster, peering="rp", priority=100) as leader:
+        await until(lambda: cluster.status("shared").get("observedPending") == 0, what="leader")
+        thread, stop_standby, standby_ready = _operator_in_thread(
+            cluster, standby_context, "rp", priority=10
+        )
+        await until(standby_ready.is_set, what="standby ready")
+        await resonate.submit("shared", [f"s-{i}" for i in range(6)])
+        await until(lambda: cluster.replicas("shared") == 3, what="leader scales")
+        await asyncio.sleep(5 * POLL)
+        assert observed(leader) == 3
+        assert (
+            standby_context.metrics.registry.get_sample_value(
+                "resonate_patterns_autoscaler_current_replicas",
+                {"namespace": NS, "autoscaler": "shared", "group": "shared"},
+            )
+            is None
+        ), "the lower-priority replica stays paused while the leader runs"
+    # The leader is gone: the standby takes over and follows the backlog.
+    try:
+        await resonate.submit("shared", [f"t-{i}" for i in range(4)])
+        await until(lambda: cluster.replicas("shared") == 5, within=20, what="standby scales")
+        await until(lambda: observed(standby_context) == 5, what="standby's metrics")
+    finally:
+        stop_standby.set()
+        await asyncio.to_thread(thread.join, 15)

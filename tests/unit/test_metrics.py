@@ -6,7 +6,7 @@ from typing import Any
 
 from service.client import invoke
 from service.patterns.registry import pattern
-from service.telemetry.metrics import DEPTH_BUCKETS, metrics_table
+from service.telemetry.metrics import DEPTH_BUCKETS, metrics_table, operator_metrics_table
 from tests.conftest import ROOT
 
 
@@ -87,8 +87,10 @@ async def test_fanout_width__recorded_per_fanout(embedded: Any) -> None:
     assert _value(runtime, "resonate_patterns_fanout_width_sum", function="enrich_batch") == 30
 
 
-def test_docs__metrics_table_matches_definitions() -> None:
-    assert metrics_table() in (ROOT / "docs" / "metrics.md").read_text()
+def test_docs__metrics_tables_match_definitions() -> None:
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    assert metrics_table() in docs
+    assert operator_metrics_table() in docs
 
 
 def test_labels__bounded_sets_only() -> None:
