@@ -31,6 +31,9 @@ def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
         prefix="resonate-patterns.io", key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
+    # Watch the configured namespaces (or all) directly: no namespace or CRD
+    # scanning, so the operator needs no permission to list namespaces or CRDs.
+    settings.scanning.disabled = True
     if peering is None:
         settings.peering.standalone = True
     else:

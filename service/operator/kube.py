@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -71,5 +72,7 @@ async def load_api_config() -> k8s.Configuration:
     try:
         k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except ConfigException:
-        await k8s_config.load_kube_config(client_configuration=cfg)
+        # Read KUBECONFIG now: the client library reads it once, at import.
+        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        await k8s_config.load_kube_config(config_file=path, client_configuration=cfg)
     return cfg

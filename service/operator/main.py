@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import kopf
 import structlog
+from prometheus_client import ProcessCollector
 
 from service import __version__
 from service.operator.handlers import build_registry, make_memo
@@ -52,15 +53,22 @@ def watch_scope(
 
 
 async def run_operator(
-    settings: Settings, *, namespace: str | None = None, all_namespaces: bool = False
+    settings: Settings,
+    *,
+    namespace: str | None = None,
+    all_namespaces: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> None:
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set, when given)."""
     metrics = OperatorMetrics()
+    ProcessCollector(registry=metrics.registry)
     ready = asyncio.Event()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
     runner, port = await serve_http(
         health_app(metrics.registry, ready.is_set), settings.http_host, settings.http_port
     )
