@@ -111,3 +111,23 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+async def wait_until_ok(url: str, within: float = 15.0) -> None:
+    """Poll ``url`` until it answers 200 (a server starting up)."""
+    import asyncio
+
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} did not answer 200 within {within:g}s")

@@ -17,7 +17,7 @@ from resonate.retry import Never
 
 from service.errors import EnrichmentError
 from service.patterns.deps import PatternDeps
-from service.patterns.steps import spawn_local
+from service.patterns.steps import LocalChild, spawn_local
 from service.patterns.validation import require_record_id, require_record_ids
 from service.telemetry.instrument import Telemetry, instrumented
 
@@ -57,15 +57,23 @@ async def enrich_one(ctx: Context, record_id: object) -> dict[str, Any]:
     return enrich_record(rid)
 
 
-@instrumented("enrich_batch")
-async def enrich_batch(ctx: Context, ids: object) -> list[dict[str, Any]]:
-    """Enrich every id with one local child each; fails on the first failed child."""
+def _spawn_enrich(
+    ctx: Context, function: str, ids: object
+) -> tuple[list[int | str], list[LocalChild]]:
+    """Validate ``ids`` and start one local ``enrich_one`` child per id, in order."""
     deps = ctx.get_dependency(PatternDeps)
-    batch = require_record_ids("enrich_batch", ids, deps.settings.max_fanout)
+    batch = require_record_ids(function, ids, deps.settings.max_fanout)
     children = [
         spawn_local(ctx, "enrich_one", enrich_one, rid, retry_policy=NO_RETRY) for rid in batch
     ]
-    ctx.get_dependency(Telemetry).metrics.fanout("enrich_batch", len(children))
+    ctx.get_dependency(Telemetry).metrics.fanout(function, len(children))
+    return batch, children
+
+
+@instrumented("enrich_batch")
+async def enrich_batch(ctx: Context, ids: object) -> list[dict[str, Any]]:
+    """Enrich every id with one local child each; fails on the first failed child."""
+    _, children = _spawn_enrich(ctx, "enrich_batch", ids)
     return [await child.result() for child in children]
 
 
@@ -86,12 +94,7 @@ async def parallel_enrich(ctx: Context, ids: object) -> list[dict[str, Any]]:
 @instrumented("enrich_tolerant")
 async def enrich_tolerant(ctx: Context, ids: object) -> list[dict[str, Any]]:
     """Enrich every id, returning per-child success or error message in input order."""
-    deps = ctx.get_dependency(PatternDeps)
-    batch = require_record_ids("enrich_tolerant", ids, deps.settings.max_fanout)
-    children = [
-        spawn_local(ctx, "enrich_one", enrich_one, rid, retry_policy=NO_RETRY) for rid in batch
-    ]
-    ctx.get_dependency(Telemetry).metrics.fanout("enrich_tolerant", len(children))
+    batch, children = _spawn_enrich(ctx, "enrich_tolerant", ids)
     outcomes: list[dict[str, Any]] = []
     for rid, child in zip(batch, children, strict=True):
         try:

@@ -30,6 +30,7 @@ from service.operator.handlers import build_registry, make_memo
 from service.operator.loop import OperatorContext
 from service.stack import free_port
 from service.telemetry.metrics import OperatorMetrics
+from tests.conftest import wait_until_ok
 from tests.operator.kmock_shim import (
     ALL_VERBS,
     DEPLOYMENTS,
@@ -89,16 +90,7 @@ class Resonate:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"{self.url}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
-        raise AssertionError("the local server did not start")
+        await wait_until_ok(f"{self.url}/readyz")
 
     async def stop(self) -> None:
         if self.proc is not None:
@@ -184,6 +176,13 @@ class Cluster:
             f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", json=body
         )
         assert resp.status == 200, await resp.text()
+
+    async def create_group(self, name: str, replicas: int, url: str, **spec: Any) -> None:
+        """A worker Deployment and its WorkerAutoscaler, both named after the group."""
+        await self.create_deployment(name, replicas)
+        await self.create_autoscaler(
+            name, {"scaleTargetRef": {"name": name}, "resonateUrl": url, "group": name, **spec}
+        )
 
     def replicas(self, deployment: str) -> int:
         return int(self.emulator.objects[DEPLOYMENTS, NS, deployment]["spec"]["replicas"])
@@ -289,15 +288,11 @@ async def test_backlog_grows__replicas_rise_with_event_and_status_then_fall_afte
     cluster: Cluster, resonate: Resonate, record_property: Any
 ) -> None:
     async with running_operator(cluster) as operator:
-        await cluster.create_deployment("workers", 1)
-        await cluster.create_autoscaler(
+        await cluster.create_group(
             "workers",
-            {
-                "scaleTargetRef": {"name": "workers"},
-                "resonateUrl": resonate.url,
-                "group": "workers",
-                "scaleDown": {"stabilizationWindowSeconds": 2, "cooldownSeconds": 0},
-            },
+            1,
+            resonate.url,
+            scaleDown={"stabilizationWindowSeconds": 2, "cooldownSeconds": 0},
         )
         await until(
             lambda: cluster.status("workers").get("observedPending") == 0, what="first poll"
@@ -399,17 +394,13 @@ async def test_server_down__failures_then_fallback_then_recovery(
     cluster: Cluster, resonate: Resonate
 ) -> None:
     async with running_operator(cluster) as operator:
-        await cluster.create_deployment("fragile", 4)
-        await cluster.create_autoscaler(
+        await cluster.create_group(
             "fragile",
-            {
-                "scaleTargetRef": {"name": "fragile"},
-                "resonateUrl": resonate.url,
-                "group": "fragile",
-                "fallbackReplicas": 2,
-                "failureThreshold": 3,
-                "scaleDown": {"stabilizationWindowSeconds": 0, "cooldownSeconds": 0},
-            },
+            4,
+            resonate.url,
+            fallbackReplicas=2,
+            failureThreshold=3,
+            scaleDown={"stabilizationWindowSeconds": 0, "cooldownSeconds": 0},
         )
         await resonate.submit("fragile", [f"f-{i}" for i in range(8)])
         await until(lambda: cluster.status("fragile").get("observedPending") == 8, what="observed")
@@ -449,15 +440,7 @@ async def test_server_down__failures_then_fallback_then_recovery(
 async def test_two_autoscalers__independent_groups(cluster: Cluster, resonate: Resonate) -> None:
     async with running_operator(cluster):
         for name in ("alpha", "beta"):
-            await cluster.create_deployment(name, 1)
-            await cluster.create_autoscaler(
-                name,
-                {
-                    "scaleTargetRef": {"name": name},
-                    "resonateUrl": resonate.url,
-                    "group": name,
-                },
-            )
+            await cluster.create_group(name, 1, resonate.url)
         await resonate.submit("alpha", [f"a-{i}" for i in range(6)])
         await resonate.submit("beta", [f"b-{i}" for i in range(11)])
         await until(lambda: cluster.replicas("alpha") == 3, what="alpha at 3")
@@ -548,15 +531,7 @@ async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
         },
     )
     assert resp.status == 200, await resp.text()
-    await cluster.create_deployment("shared", 1)
-    await cluster.create_autoscaler(
-        "shared",
-        {
-            "scaleTargetRef": {"name": "shared"},
-            "resonateUrl": resonate.url,
-            "group": "shared",
-        },
-    )
+    await cluster.create_group("shared", 1, resonate.url)
     standby_context = OperatorContext(
         api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
     )

@@ -13,6 +13,7 @@ import yaml
 from service.config import load_settings
 from service.operator.main import run_operator, watch_scope
 from service.stack import free_port
+from tests.conftest import wait_until_ok
 from tests.operator.kmock_shim import NS, Emulator, declare_resources
 
 pytestmark = pytest.mark.kmock(cls=Emulator)
@@ -65,16 +66,7 @@ async def test_run_operator__kubeconfig_login_health_ready_and_metrics(
     seen: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"{base}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("operator never became ready")
+            await wait_until_ok(f"{base}/readyz")
             for _ in range(200):
                 if any("workerautoscalers" in str(r.url) for r in kmock):
                     break
