@@ -32,7 +32,6 @@ CALLS: set[Call] = (
 PEERING_NAMESPACED = calls("kopf.dev", "kopfpeerings", "get", "list", "watch", "patch")
 PEERING_CLUSTER = calls("kopf.dev", "clusterkopfpeerings", "get", "list", "watch", "patch")
 #: Extra calls of a cluster-wide kopf operator (namespace discovery).
-CLUSTER_DISCOVERY = calls("", "namespaces", "list", "watch")
 
 
 def granted(role: dict[str, Any]) -> set[Call]:
@@ -89,7 +88,7 @@ def test_cluster_wide_operator__cluster_role_grants_exactly_its_calls() -> None:
     assert not rendered.kind("RoleBinding")
     (role,) = rendered.kind("ClusterRole")
     assert "namespace" not in role["metadata"]
-    assert granted(role) == CALLS | PEERING_CLUSTER | CLUSTER_DISCOVERY
+    assert granted(role) == CALLS | PEERING_CLUSTER
     assert not any(r == "customresourcedefinitions" for _, r, _ in granted(role))
     (binding,) = rendered.kind("ClusterRoleBinding")
     assert binding["roleRef"]["kind"] == "ClusterRole"
