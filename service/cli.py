@@ -196,6 +196,8 @@ async def _call(settings: Settings, ns: argparse.Namespace) -> int:
 
     target = pattern(ns.pattern)
     args = _call_args(ns)
+    # Checked here too (invoke checks again) so bad input fails before a store
+    # is opened or a server connected to.
     target.validate(settings, args)
     runtime = build_runtime(settings, role="client")
     runtime.start()

@@ -19,12 +19,11 @@ from resonate.error import InvalidIdError
 from resonate.ids import validate_root_id
 
 from service.errors import ResonatePatternsError, UsageError
+from service.protocol import SETTLED_STATES
 
 if TYPE_CHECKING:
     from service.patterns.registry import Pattern
     from service.runtime import Runtime
-
-_SETTLED = ("resolved", "rejected", "rejected_canceled", "rejected_timedout")
 
 
 class RejectedError(ResonatePatternsError):
@@ -98,5 +97,5 @@ async def invoke(
     except Exception as exc:
         raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-    cached = runtime.replies.first_state(pid) in _SETTLED
+    cached = runtime.replies.first_state(pid) in SETTLED_STATES
     return CallResult(pid, pattern.name, value, cached, elapsed_ms)

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from typing import TYPE_CHECKING
 
-from resonate_base import PROTOCOL_VERSION
-
+from service.protocol import request_envelope
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
@@ -59,14 +57,10 @@ class LeaseHeartbeat:
                     await self._beat()
 
     async def _beat(self) -> None:
-        envelope = {
-            "kind": "task.heartbeat",
-            "head": {"corrId": f"hb-{uuid.uuid4().hex}", "version": PROTOCOL_VERSION},
-            "data": {
-                "pid": self.pid,
-                "tasks": [{"id": t, "version": v} for t, v in self.active.items()],
-            },
-        }
+        tasks = [{"id": t, "version": v} for t, v in self.active.items()]
+        envelope = request_envelope(
+            "task.heartbeat", {"pid": self.pid, "tasks": tasks}, origin="hb"
+        )
         try:
             await self.network.send(json.dumps(envelope), {})
         except Exception as exc:  # keep beating; a lapsed lease is re-delivered

@@ -30,13 +30,13 @@ from resonate.heartbeat import NoopHeartbeat
 from resonate.observability import noop_observer
 from resonate.resonate import Resonate
 from resonate.retry import Never
-from resonate_base import PROTOCOL_VERSION
 
 from service.devserver.embedded import EmbeddedConnection
 from service.heartbeat import LeaseHeartbeat
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import register_all
+from service.protocol import request_envelope
 from service.telemetry.instrument import Telemetry
 from service.telemetry.logging import get_logger
 from service.telemetry.metrics import WorkerMetrics
@@ -116,11 +116,7 @@ class DrainGate:
         await self.inner.stop()
 
     async def _send(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        envelope = {
-            "kind": kind,
-            "head": {"corrId": f"drain-{uuid.uuid4().hex}", "version": PROTOCOL_VERSION},
-            "data": data,
-        }
+        envelope = request_envelope(kind, data, origin="drain")
         reply: dict[str, Any] = json.loads(await self._network.send(json.dumps(envelope), {}))
         return reply
 

@@ -4,6 +4,8 @@ The official server parses an address as a URL: the scheme picks the
 transport, the user part is the cast (``any``: one member of the group,
 ``uni``: one process), the host is the group and the path the process id.
 Hosts are case-insensitive there, so groups are compared lowercased here too.
+Minting addresses is the SDK's job (:mod:`resonate.connections.sse`); this
+module only reads them.
 """
 
 from __future__ import annotations
@@ -50,11 +52,3 @@ def is_routable(raw: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https", "gcps") and bool(parts.netloc)
-
-
-def anycast(group: str) -> str:
-    return f"poll://any@{group}"
-
-
-def unicast(group: str, pid: str) -> str:
-    return f"poll://uni@{group}/{pid}"

@@ -15,8 +15,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
+from resonate.connections.sse import resolve_target, unicast
 
-from service.devserver.addresses import anycast, unicast
 from service.devserver.engine import Engine
 from service.devserver.store import MEMORY
 
@@ -40,7 +40,7 @@ class EmbeddedConnection:
         return self._unicast
 
     def resolve_target(self, target: str) -> str:
-        return anycast(target)
+        return resolve_target(target)
 
     def recv(self, callback: Callable[[str], None]) -> None:
         self._subscribers.append(callback)

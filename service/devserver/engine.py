@@ -19,6 +19,8 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from resonate.timing import now_ms
+
 from service.devserver.state import Outgoing, ServerState
 from service.devserver.store import MEMORY, Batch, Store
 from service.telemetry.logging import get_logger
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
 
 #: Longest the clock loop sleeps; bounds how late a deadline can fire.
 MAX_TICK_SECONDS = 0.1
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Engine:

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.devserver.engine import Engine
 from service.devserver.hub import Hub
 from service.devserver.metrics import ServerMetrics
 from service.devserver.state import reply
 from service.devserver.store import MEMORY
+from service.telemetry.http import add_health_routes
 from service.telemetry.logging import get_logger
 
 #: Largest request body accepted (a promise value is base64 JSON; 10 MiB is plenty).
@@ -75,11 +75,7 @@ class DevServer:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/", self._api)
         app.router.add_get("/poll/{group}/{pid}", self._poll)
-        for path in ("/healthz", "/health"):
-            app.router.add_get(path, self._healthz)
-        for path in ("/readyz", "/ready"):
-            app.router.add_get(path, self._readyz)
-        app.router.add_get("/metrics", self._metrics)
+        add_health_routes(app, self.metrics.registry, lambda: self.ready, aliases=True)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 8001) -> int:
@@ -168,20 +164,6 @@ class DevServer:
                 "worker_disconnected", group=conn.group, pid=pid, released_tasks=len(released)
             )
         return response
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        if self.ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "starting"}, status=503)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
 
 
 def _envelope(out: dict[str, object]) -> web.Response:

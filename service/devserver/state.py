@@ -27,6 +27,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
+from resonate.ids import origin_of
 from resonate_base import PROTOCOL_VERSION
 from sortedcontainers import SortedSet
 
@@ -114,10 +115,6 @@ class Outgoing:
 
     address: str
     message: dict[str, Any]
-
-
-def _origin(promise_id: str) -> str:
-    return promise_id.split(":", 1)[0]
 
 
 def _str(data: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -678,7 +675,7 @@ def _promise_register_callback(s: ServerState, now: int, d: dict[str, Any], corr
     awaited, awaiter = _id(d, "awaited"), _id(d, "awaiter")
     if awaited == awaiter:
         raise Fail(400, "Awaited and awaiter must be different promises")
-    if _origin(awaited) != _origin(awaiter):
+    if origin_of(awaited) != origin_of(awaiter):
         raise Fail(400, "Awaiter and awaited must belong to the same origin")
     s.try_timeout(now, awaited)
     s.try_timeout(now, awaiter)
@@ -835,7 +832,7 @@ def _task_suspend(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _Re
             raise Fail(400, "All action awaiter IDs must match the task ID")
         if awaited == tid:
             raise Fail(400, "Action awaited promise must not equal the task ID")
-        if _origin(awaited) != _origin(tid):
+        if origin_of(awaited) != origin_of(tid):
             raise Fail(400, "Awaited promise must belong to the same origin as the task")
         awaited_ids.append(awaited)
     t = _held(s, now, d, "Task is not acquired or version mismatch")

@@ -17,14 +17,14 @@ official server and the local one.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from resonate_base import PROTOCOL_VERSION
+from resonate.connections.sse import resolve_target as anycast
 
 from service.errors import ResonatePatternsError
+from service.protocol import request_envelope
 
 #: Largest page the official server allows.
 MAX_PAGE = 1000
@@ -44,10 +44,6 @@ class Backlog:
     @property
     def total(self) -> int:
         return self.pending + self.acquired
-
-
-def anycast(group: str) -> str:
-    return f"poll://any@{group}"
 
 
 class BacklogReader:
@@ -72,11 +68,7 @@ class BacklogReader:
     async def _send(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        envelope = {
-            "kind": kind,
-            "head": {"corrId": f"backlog-{uuid.uuid4().hex}", "version": PROTOCOL_VERSION},
-            "data": data,
-        }
+        envelope = request_envelope(kind, data, origin="backlog")
         try:
             async with self._session.post(f"{self.url}/", json=envelope) as resp:
                 reply = await resp.json(content_type=None)

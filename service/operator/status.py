@@ -92,7 +92,7 @@ def step_status(
         _condition(
             conditions_before,
             "Active",
-            bool(backlog and backlog.total >= max(activation_tasks, 1)),
+            d.active,
             "BacklogAboveActivation" if d.active else "BacklogBelowActivation",
             f"backlog {backlog.total if backlog else 'unknown'}, activation {activation_tasks}",
             at,

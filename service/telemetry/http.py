@@ -19,8 +19,17 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
-def health_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
-    """An aiohttp app serving /healthz, /readyz (``is_ready()``) and /metrics."""
+def add_health_routes(
+    app: web.Application,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    *,
+    aliases: bool = False,
+) -> None:
+    """Serve /healthz, /readyz (``is_ready()``) and /metrics on ``app``.
+
+    ``aliases`` adds /health and /ready too (the official server's paths).
+    """
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -35,10 +44,18 @@ def health_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if aliases:
+        app.router.add_get("/health", healthz)
+        app.router.add_get("/ready", readyz)
+
+
+def health_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
+    """An aiohttp app serving only /healthz, /readyz and /metrics."""
+    app = web.Application()
+    add_health_routes(app, registry, is_ready)
     return app
 
 

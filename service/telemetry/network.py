@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from service.protocol import SETTLED_STATES
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
     from service.telemetry.metrics import WorkerMetrics
 
-_SETTLED = frozenset({"resolved", "rejected", "rejected_canceled", "rejected_timedout"})
 _FENCED = frozenset({"task.fence", "task.fulfill", "task.suspend"})
 
 
@@ -116,14 +116,14 @@ class ReplyObserver:
         state = record.get("state")
         if function is None or not isinstance(state, str):
             return
-        self.metrics.cache_result(function, "invocation", hit=state in _SETTLED)
+        self.metrics.cache_result(function, "invocation", hit=state in SETTLED_STATES)
 
     def _child_create(self, req: dict[str, Any], record: dict[str, Any]) -> None:
         tags = _dict(req.get("tags"))
         function = function_of(req.get("param"))
         if function is None or "resonate:target" not in tags:
             return
-        if record.get("state") in _SETTLED:
+        if record.get("state") in SETTLED_STATES:
             self.metrics.cache_result(function, "child", hit=True)
 
     def _acquired(self, task: dict[str, Any], record: dict[str, Any]) -> None:

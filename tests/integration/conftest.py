@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -40,9 +41,7 @@ async def stacks(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         plan = plan_stack(settings, workers=workers, port=0, data=None, group=group)
         if server_url is not None:
             port = int(server_url.rsplit(":", 1)[1])
-            plan = plan.__class__(
-                plan.host, port, plan.worker_ports, plan.data_dir, plan.server_data, plan.group
-            )
+            plan = dataclasses.replace(plan, server_port=port)
         stack = Stack(
             plan,
             out=_quiet,

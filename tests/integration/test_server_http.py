@@ -197,6 +197,14 @@ async def test_health_ready_metrics(server: tuple[DevServer, Client]) -> None:
     assert "resonate_devserver_connected_workers" in text
 
 
+async def create_work(client: Client, promise_id: str, group: str) -> None:
+    """A promise with a task routed to ``group`` (its execute goes to a member)."""
+    target = {"resonate:target": f"poll://any@{group}"}
+    await client.send(
+        env("promise.create", {"id": promise_id, "timeoutAt": 1 << 60, "tags": target})
+    )
+
+
 async def _stream(session: aiohttp.ClientSession, url: str, into: list[dict[str, Any]]) -> None:
     async with session.get(url, headers={"Accept": "text/event-stream"}) as resp:
         buffer = b""
@@ -223,16 +231,7 @@ async def test_stream__anycast_one_member_uni_one_process_and_held_until_connect
     _, client = server
     # Work for a group nobody listens to yet is kept...
     for i in range(4):
-        await client.send(
-            env(
-                "promise.create",
-                {
-                    "id": f"job{i}",
-                    "timeoutAt": 1 << 60,
-                    "tags": {"resonate:target": "poll://any@g1"},
-                },
-            )
-        )
+        await create_work(client, f"job{i}", "g1")
     a: list[dict[str, Any]] = []
     b: list[dict[str, Any]] = []
     ta = asyncio.create_task(_stream(client.session, client.base + "/poll/g1/a", a))
@@ -242,16 +241,7 @@ async def test_stream__anycast_one_member_uni_one_process_and_held_until_connect
     await asyncio.sleep(0.1)
     # ...then each new message goes to exactly one member.
     for i in range(4, 10):
-        await client.send(
-            env(
-                "promise.create",
-                {
-                    "id": f"job{i}",
-                    "timeoutAt": 1 << 60,
-                    "tags": {"resonate:target": "poll://any@g1"},
-                },
-            )
-        )
+        await create_work(client, f"job{i}", "g1")
     await _until(lambda: len(a) + len(b) == 10)
     ids = [m["data"]["task"]["id"] for m in a + b]
     assert sorted(ids) == sorted(f"job{i}" for i in range(10))
@@ -269,12 +259,7 @@ async def test_stream__anycast_one_member_uni_one_process_and_held_until_connect
 
 async def test_stream_disconnect__tasks_released_at_once(server: tuple[DevServer, Client]) -> None:
     srv, client = server
-    await client.send(
-        env(
-            "promise.create",
-            {"id": "held", "timeoutAt": 1 << 60, "tags": {"resonate:target": "poll://any@g2"}},
-        )
-    )
+    await create_work(client, "held", "g2")
     got: list[dict[str, Any]] = []
     stream = asyncio.create_task(_stream(client.session, client.base + "/poll/g2/w1", got))
     await _until(lambda: len(got) == 1)
@@ -301,12 +286,7 @@ async def test_durable__restart_keeps_promises_and_resumes_pending_tasks(tmp_pat
         await client.send(
             env("promise.settle", {"id": "kept", "state": "resolved", "value": {"data": "MQ=="}})
         )
-        await client.send(
-            env(
-                "promise.create",
-                {"id": "todo", "timeoutAt": 1 << 60, "tags": {"resonate:target": "poll://any@g3"}},
-            )
-        )
+        await create_work(client, "todo", "g3")
     # Simulate a crash: drop the server without its orderly shutdown.
     assert srv._runner is not None
     await srv._runner.cleanup()

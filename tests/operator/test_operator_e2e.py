@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,34 @@ async def cluster(kmock: Emulator) -> Cluster:
     return Cluster(kmock)
 
 
+def operator_main(
+    cluster: Cluster,
+    context: OperatorContext,
+    peering: str | None,
+    priority: int,
+    *,
+    stop: asyncio.Event | threading.Event,
+    ready: asyncio.Event | threading.Event,
+) -> Coroutine[Any, Any, None]:
+    """The operator's own handlers as kopf runs them, logged in to the emulator."""
+    server = str(cluster.emulator.url)
+    registry = build_registry(
+        peering=peering,
+        login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
+        tweak=fast,
+    )
+    return kopf.operator(
+        registry=registry,
+        standalone=peering is None,
+        peering_name=peering,
+        priority=priority,
+        namespaces=[NS],
+        memo=make_memo(context),
+        stop_flag=stop,
+        ready_flag=ready,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_operator(
     cluster: Cluster, *, peering: str | None = None, priority: int = 0
@@ -245,27 +273,12 @@ async def running_operator(
     task created while it ran that is still alive when it stops, and a
     fixture's teardown runs in such a task.
     """
-    server = str(cluster.emulator.url)
     context = OperatorContext(
         api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
     )
-    registry = build_registry(
-        peering=peering,
-        login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
-        tweak=fast,
-    )
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
-        kopf.operator(
-            registry=registry,
-            standalone=peering is None,
-            peering_name=peering,
-            priority=priority,
-            namespaces=[NS],
-            memo=make_memo(context),
-            stop_flag=stop,
-            ready_flag=ready,
-        )
+        operator_main(cluster, context, peering, priority, stop=stop, ready=ready)
     )
     await asyncio.wait_for(ready.wait(), 10)
     try:
@@ -489,27 +502,10 @@ def _operator_in_thread(
     cluster: Cluster, context: OperatorContext, peering: str, priority: int
 ) -> tuple[threading.Thread, threading.Event, threading.Event]:
     """A second operator replica, in its own thread and event loop (as another pod would)."""
-    server = str(cluster.emulator.url)
     stop, ready = threading.Event(), threading.Event()
 
     def main() -> None:
-        registry = build_registry(
-            peering=peering,
-            login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
-            tweak=fast,
-        )
-        asyncio.run(
-            kopf.operator(
-                registry=registry,
-                standalone=False,
-                peering_name=peering,
-                priority=priority,
-                namespaces=[NS],
-                memo=make_memo(context),
-                stop_flag=stop,
-                ready_flag=ready,
-            )
-        )
+        asyncio.run(operator_main(cluster, context, peering, priority, stop=stop, ready=ready))
 
     thread = threading.Thread(target=main, name=f"operator-{priority}", daemon=True)
     thread.start()
