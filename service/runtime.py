@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from resonate.connections import HttpConnection, SSEConnection
+from resonate.connections import SSEConnection
 from resonate.heartbeat import NoopHeartbeat
 from resonate.observability import noop_observer
 from resonate.resonate import Resonate
@@ -33,6 +33,7 @@ from resonate.retry import Never
 
 from service.devserver.embedded import EmbeddedConnection
 from service.heartbeat import LeaseHeartbeat
+from service.http_network import PooledHttpNetwork
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import register_all
@@ -215,7 +216,7 @@ def build_runtime(
         )
     else:
         url = settings.resonate_url
-        http = TappedNetwork(HttpConnection(url=url), replies, owns_inner=True)
+        http = TappedNetwork(PooledHttpNetwork(url), replies, owns_inner=True)
         group = settings.group if role == "worker" else CLIENT_GROUP
         ttl = timedelta(seconds=settings.task_ttl_seconds)
         sse: Source = SSEConnection(url=url, pid=pid, group=group)
