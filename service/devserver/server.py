@@ -26,6 +26,7 @@ import msgspec
 from aiohttp import web
 
 from service.devserver.engine import Engine
+from service.devserver.fastpath import ApiFastPath
 from service.devserver.hub import Hub
 from service.devserver.metrics import ServerMetrics
 from service.devserver.state import reply
@@ -69,6 +70,8 @@ class DevServer:
         self.ready = False
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._fast: set[ApiFastPath] = set()
         self._log = get_logger("service.devserver")
 
     def app(self) -> web.Application:
@@ -85,10 +88,17 @@ class DevServer:
         # worker's stream is noticed at once (and its tasks released).
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        fallback = self._runner.server
+        assert fallback is not None
+        # Connections start on the ``POST /`` fast path and are handed to
+        # aiohttp (``fallback``) at their first other request.
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: ApiFastPath(self.api, fallback, MAX_BODY_BYTES, self._fast),
+            host,
+            port,
+            reuse_address=True,
+        )
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         self.ready = True
         self._log.info(
             "server_started",
@@ -101,9 +111,16 @@ class DevServer:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._listener is not None:
+            self._listener.close()
+            for conn in list(self._fast):
+                conn.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         await self.engine.stop()
         self._log.info("server_stopped")
 
@@ -111,21 +128,31 @@ class DevServer:
 
     async def _api(self, request: web.Request) -> web.Response:
         try:
-            body = await request.read()
+            body: bytes | None = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _envelope(
-                reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
-            )
-        try:
-            envelope = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            return _envelope(reply("unknown", "0", 400, f"Invalid request envelope: {exc}"))
-        try:
-            out = await self.engine.request(envelope)
-        except Exception as exc:  # a bug here, never the client's fault
-            self._log.exception("request_failed", error=str(exc))
-            return _envelope(reply("unknown", "0", 500, f"Internal error: {exc}"))
-        return _envelope(out)
+            body = None
+        status, reply_body = await self.api(body)
+        return web.Response(body=reply_body, status=status, content_type=_JSON)
+
+    async def api(self, body: bytes | None) -> tuple[int, bytes]:
+        """One ``POST /``: the body (None when over the limit) to (status, reply body).
+
+        The HTTP status mirrors the reply's ``head.status``.
+        """
+        if body is None:
+            out = reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+        else:
+            try:
+                envelope = msgspec.json.decode(body)
+            except msgspec.DecodeError as exc:
+                out = reply("unknown", "0", 400, f"Invalid request envelope: {exc}")
+            else:
+                try:
+                    out = await self.engine.request(envelope)
+                except Exception as exc:  # a bug here, never the client's fault
+                    self._log.exception("request_failed", error=str(exc))
+                    out = reply("unknown", "0", 500, f"Internal error: {exc}")
+        return int(out["head"]["status"]), msgspec.json.encode(out)
 
     async def _poll(self, request: web.Request) -> web.StreamResponse:
         group, pid = request.match_info["group"], request.match_info["pid"]
@@ -164,12 +191,6 @@ class DevServer:
                 "worker_disconnected", group=conn.group, pid=pid, released_tasks=len(released)
             )
         return response
-
-
-def _envelope(out: dict[str, object]) -> web.Response:
-    head = out["head"]
-    status = head["status"] if isinstance(head, dict) else 500
-    return web.Response(body=msgspec.json.encode(out), status=int(status), content_type=_JSON)
 
 
 async def serve(options: ServerOptions, host: str, port: int, stop: asyncio.Event) -> None:

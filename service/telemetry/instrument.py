@@ -20,10 +20,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from resonate.error import Suspended
 
-from service.telemetry.logging import get_logger
+from service.telemetry.logging import EXECUTION_CONTEXT, get_logger
 
 if TYPE_CHECKING:
     from resonate.context import Context
@@ -131,13 +130,14 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
                 "depth": depth,
                 "attempt": attempt,
             }
-            # Bound on the logger for these two lines, and as contextvars for
-            # anything logged while the body runs (the SDK, aiohttp, ...).
-            log = get_logger("service.execution").bind(**context)
+            # Explicit on these two lines, and the context of anything logged
+            # while the body runs (the SDK, aiohttp, ...).
+            log = get_logger("service.execution")
             in_flight = telemetry.metrics.in_flight.labels(name, telemetry.group)
             outcome: Outcome = "resolved"
-            with structlog.contextvars.bound_contextvars(**context):
-                log.info("execution_started", args=_summarize(args))
+            token = EXECUTION_CONTEXT.set(context)
+            try:
+                log.info("execution_started", args=_summarize(args), **context)
                 started = time.perf_counter()
                 in_flight.inc()
                 error: str | None = None
@@ -162,12 +162,15 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
                     if outcome == "resolved" and depth == 0:
                         telemetry.root_resolved(name, info.origin_id)
                     fields: dict[str, Any] = {
+                        **context,
                         "outcome": outcome,
                         "duration_ms": round(seconds * 1000, 3),
                     }
                     if error is not None:
                         fields["error"] = error
                     log.info("execution_finished", **fields)
+            finally:
+                EXECUTION_CONTEXT.reset(token)
 
         # The SDK builds a DurableFunction (signature inspection plus string
         # annotation evaluation) on every ``ctx.run`` of a function object.

@@ -7,16 +7,27 @@ cost matters), and the standard library's records (the Resonate SDK,
 aiohttp, kopf) are rendered by the same processors through
 ``ProcessorFormatter``, so every line on stderr has one shape: JSON by
 default, a console rendering when stderr is a terminal and the format is
-``auto`` (or ``console`` is asked for). Context such as group, promise id and
-depth is bound with :mod:`structlog.contextvars` and appears on every line
-logged inside that context.
+``auto`` (or ``console`` is asked for). Process-wide context (worker pid, group) is bound with
+:mod:`structlog.contextvars`; the context of the execution being run (promise
+id, root id, function, depth, attempt) is one variable,
+:data:`EXECUTION_CONTEXT`, set once per execution, and appears on every line
+logged inside it.
+
+Lines are written by :class:`LineSink`: while an event loop runs, the lines
+of one loop iteration go out in one write at the end of that iteration
+(workers log two lines per execution, and a write per line was a measurable
+share of a worker's CPU); with no loop running they are written at once, and
+whatever is buffered is written at exit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextvars
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import structlog
@@ -24,6 +35,96 @@ import structlog
 #: Third-party loggers that are chatty at INFO; kept at WARNING unless the
 #: configured level is DEBUG.
 _NOISY = ("aiohttp.access", "resonate", "resonate.validation", "kopf.objects")
+
+
+#: The running execution's log context (set by the instrumentation).
+EXECUTION_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "resonate_patterns_execution", default=None
+)
+
+
+def merge_execution_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Add the running execution's fields to a line (explicit fields win)."""
+    context = EXECUTION_CONTEXT.get()
+    if context:
+        for key, value in context.items():
+            event.setdefault(key, value)
+    return event
+
+
+class LineSink:
+    """Writes log lines to a binary stream, one write per event-loop iteration."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def write(self, line: bytes) -> None:
+        self._pending.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed or gone: nowhere left to report it
+
+
+class _SinkLogger:
+    """structlog's logger end: every level method appends one rendered line."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: bytes | str) -> None:
+        data = message if isinstance(message, bytes) else message.encode()
+        self._sink.write(data + b"\n")
+
+    log = debug = info = warn = warning = msg
+    err = error = critical = exception = fatal = failure = msg
+
+
+class _SinkHandler(logging.Handler):
+    """The standard library's records, formatted, into the same sink (keeps order)."""
+
+    def __init__(self, sink: LineSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._sink.write(self.format(record).encode() + b"\n")
+        except Exception:
+            self.handleError(record)
+
+
+_SINK: LineSink | None = None
+
+
+def _sink() -> LineSink:
+    global _SINK
+    stream = sys.stderr.buffer
+    if _SINK is None or _SINK.stream is not stream:
+        if _SINK is not None:
+            _SINK.flush()
+        _SINK = LineSink(stream)
+    return _SINK
 
 
 def _console(fmt: str) -> bool:
@@ -43,16 +144,16 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
     console = _console(fmt)
     shared: list[Any] = [
+        merge_execution_context,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    sink = _sink()
     if console:
         renderer: Any = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_json_bytes)
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     structlog.configure(
         processors=[
             *shared,
@@ -61,7 +162,7 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=factory,
+        logger_factory=lambda *_: _SinkLogger(sink),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -72,7 +173,7 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer if console else structlog.processors.JSONRenderer(serializer=_json_text),
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _SinkHandler(sink)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
