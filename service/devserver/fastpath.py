@@ -71,8 +71,10 @@ class ApiFastPath(asyncio.Protocol):
         # The chunks of the request being parsed, kept for a hand-off; valid
         # only while it began at the start of a chunk (always, unless pipelined).
         self._raw: list[bytes] = []
-        self._between = True  # the last chunk ended on a message boundary
+        self._between = True  # the parser is between messages
+        self._at_chunk_start = True  # no byte of the chunk being fed is consumed yet
         self._aligned = True  # the current message began at a chunk start
+        self._rejected = False  # a request that cannot be handed off was seen
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
@@ -94,7 +96,10 @@ class ApiFastPath(asyncio.Protocol):
         self._connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
         self._raw.append(data)
+        self._at_chunk_start = self._between
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -116,8 +121,8 @@ class ApiFastPath(asyncio.Protocol):
     # -------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
-        self._aligned = self._between
-        self._between = False
+        self._aligned = self._at_chunk_start
+        self._at_chunk_start = self._between = False
         self._url = b""
         self._body = []
         self._size = 0
@@ -180,8 +185,20 @@ class ApiFastPath(asyncio.Protocol):
                     self._queue.clear()
                     transport.close()
                     return
+            if self._rejected:
+                self._reject()
         finally:
             self._serving = False
+
+    def _reject(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(
+            b"%sContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (_STATUS_LINES[400], len(_PIPELINE_ERROR), _PIPELINE_ERROR)
+        )
+        transport.close()
 
     def _hand_off(self) -> None:
         """Give the connection, and the bytes of the current request, to aiohttp."""
@@ -189,13 +206,13 @@ class ApiFastPath(asyncio.Protocol):
         if transport is None:
             return
         if not self._aligned or self._serving:
-            # A non-API request pipelined behind API requests: its first byte
-            # is not known, so it cannot be handed on intact.
-            transport.write(
-                b"%sContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (_STATUS_LINES[400], len(_PIPELINE_ERROR), _PIPELINE_ERROR)
-            )
-            transport.close()
+            # A non-API request pipelined behind API requests: where it starts
+            # is not known, so it cannot be handed on intact. Answer the
+            # requests before it, then refuse it and close.
+            self._rejected = True
+            transport.pause_reading()
+            if not self._serving:
+                self._reject()
             return
         raw = b"".join(self._raw)
         self._raw.clear()

@@ -1,0 +1,229 @@
+"""The local server's ``POST /`` fast path, byte for byte on a raw socket.
+
+Every connection starts on the fast path; the first request that is not
+``POST /`` moves it to aiohttp. These tests pin down the HTTP/1.1 behaviour a
+client in any language relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httptools
+import pytest
+from resonate_base import PROTOCOL_VERSION
+
+from service.devserver.server import MAX_BODY_BYTES, DevServer, ServerOptions
+
+pytestmark = pytest.mark.slow
+
+
+def envelope(promise_id: str, corr: str = "c1") -> bytes:
+    return json.dumps(
+        {
+            "kind": "promise.get",
+            "head": {"corrId": corr, "version": PROTOCOL_VERSION},
+            "data": {"id": promise_id},
+        }
+    ).encode()
+
+
+def post(body: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return (
+        f"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+class Replies:
+    """Parses the responses arriving on one connection."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[tuple[int, dict[str, str], bytes]] = []
+        self._headers: dict[str, str] = {}
+        self._body = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._headers, self._body))
+        self._headers, self._body = {}, b""
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.replies = Replies()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def expect(self, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+        while len(self.replies.done) < count:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            if not data:
+                break
+            self.replies.parser.feed_data(data)
+        return self.replies.done[:count]
+
+    async def closed_by_server(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(65536), 5) == b""
+
+
+type Connect = Callable[[], Awaitable[Conn]]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[DevServer, int]]:
+    srv = DevServer(ServerOptions(data=str(tmp_path / "fast.db")))
+    port = await srv.start("127.0.0.1", 0)
+    yield srv, port
+    await srv.stop()
+
+
+@pytest.fixture
+async def connect(server: tuple[DevServer, int]) -> AsyncIterator[Connect]:
+    _, port = server
+    opened: list[Conn] = []
+
+    async def make() -> Conn:
+        conn = Conn(*await asyncio.open_connection("127.0.0.1", port))
+        opened.append(conn)
+        return conn
+
+    yield make
+    for conn in opened:
+        conn.writer.close()
+
+
+async def test_keep_alive__many_requests_on_one_connection(connect: Connect) -> None:
+    conn = await connect()
+    for i in range(5):
+        await conn.send(post(envelope("nope", corr=f"c{i}")))
+    replies = await conn.expect(5)
+    assert [status for status, _, _ in replies] == [404] * 5
+    assert [json.loads(body)["head"]["corrId"] for _, _, body in replies] == [
+        f"c{i}" for i in range(5)
+    ]
+    assert all(h["content-type"] == "application/json" for _, h, _ in replies)
+
+
+async def test_pipelined_posts__answered_in_order(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(b"".join(post(envelope("x", corr=f"p{i}")) for i in range(8)))
+    replies = await conn.expect(8)
+    assert [json.loads(b)["head"]["corrId"] for _, _, b in replies] == [f"p{i}" for i in range(8)]
+
+
+async def test_other_requests_are_handed_to_aiohttp_mid_connection(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(post(envelope("x")))
+    await conn.expect(1)
+    await conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    await conn.send(b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n")
+    await conn.send(post(envelope("x", corr="after")))  # aiohttp's own POST / route now
+    status, _, body = (await conn.expect(2))[1]
+    assert status == 200
+    assert json.loads(body) == {"status": "ok"}
+    replies = await conn.expect(4)
+    assert replies[2][0] == 404
+    assert replies[3][0] == 404
+    assert json.loads(replies[3][2])["head"]["corrId"] == "after"
+
+
+async def test_first_request_not_an_api_call_goes_to_aiohttp(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, body = (await conn.expect(1))[0]
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    assert b"resonate_devserver_requests_total" in body
+    await conn.send(b"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    assert (await conn.expect(2))[1][0] == 405
+
+
+async def test_connection_close_and_http10__closed_after_the_reply(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(post(envelope("x"), "Connection: close"))
+    replies = await conn.expect(1)
+    assert replies[0][1]["connection"] == "close"
+    assert await conn.closed_by_server()
+    old = await connect()
+    body = envelope("x")
+    await old.send(b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert (await old.expect(1))[0][0] == 404
+    assert await old.closed_by_server()
+
+
+async def test_expect_100_continue__body_sent_after_the_interim_reply(connect: Connect) -> None:
+    conn = await connect()
+    body = envelope("x", corr="cont")
+    await conn.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+    )
+    interim = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    await conn.send(body)
+    status, _, out = (await conn.expect(1))[0]
+    assert status == 404
+    assert json.loads(out)["head"]["corrId"] == "cont"
+
+
+async def test_chunked_request_body(connect: Connect) -> None:
+    conn = await connect()
+    body = envelope("x", corr="chunked")
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7)
+    )
+    await conn.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    status, _, out = (await conn.expect(1))[0]
+    assert status == 404
+    assert json.loads(out)["head"]["corrId"] == "chunked"
+
+
+async def test_oversized_body__413_envelope_and_the_connection_stays_usable(
+    connect: Connect,
+) -> None:
+    conn = await connect()
+    await conn.send(post(b"x" * (MAX_BODY_BYTES + 1)))
+    await conn.send(post(envelope("x", corr="next")))
+    big, nxt = await conn.expect(2)
+    assert big[0] == 413
+    assert "larger than" in json.loads(big[2])["data"]
+    assert json.loads(nxt[2])["head"]["corrId"] == "next"
+
+
+async def test_garbage__answered_400_by_aiohttp_and_server_keeps_serving(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(b"\x16\x03\x01 not http at all\r\n\r\n")
+    assert (await conn.expect(1))[0][0] == 400
+    fresh = await connect()
+    await fresh.send(post(envelope("x")))
+    assert (await fresh.expect(1))[0][0] == 404
+
+
+async def test_non_api_request_pipelined_behind_a_post__400_and_closed(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(post(envelope("x")) + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while True:
+        chunk = await asyncio.wait_for(conn.reader.read(65536), 5)
+        if not chunk:
+            break
+        data += chunk
+    # The POST before it is answered first, then the refusal.
+    assert data.index(b"HTTP/1.1 404") < data.index(b"HTTP/1.1 400 Bad Request")
+    assert b"must also be POST /" in data
