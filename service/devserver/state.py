@@ -309,7 +309,10 @@ class ServerState:
         self.promises_by_state[p.state].add(p.id)
         branch = p.tags.get("resonate:branch")
         if branch is not None:
-            self.branches.setdefault(branch, SortedSet()).add(p.id)
+            members = self.branches.get(branch)
+            if members is None:  # not setdefault: a SortedSet is costly to build
+                members = self.branches[branch] = SortedSet()
+            members.add(p.id)
         if p.state == "pending":
             heapq.heappush(self._promise_timeouts, (p.timeout_at, p.id))
         self.dirty_promises.add(p.id)

@@ -133,7 +133,7 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
             # Explicit on these two lines, and the context of anything logged
             # while the body runs (the SDK, aiohttp, ...).
             log = get_logger("service.execution")
-            in_flight = telemetry.metrics.in_flight.labels(name, telemetry.group)
+            in_flight = telemetry.metrics.in_flight_for(name)
             outcome: Outcome = "resolved"
             token = EXECUTION_CONTEXT.set(context)
             try:

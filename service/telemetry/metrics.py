@@ -180,6 +180,9 @@ class WorkerMetrics:
             registry=r,
         )
         self._deepest: dict[str, int] = {}
+        # Resolving label values costs more than the update itself, and every
+        # execution updates several series: keep the children once resolved.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Label lookups cost more than the increments on the per-execution path.
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._per_function: dict[str, tuple[Any, Any]] = {}
@@ -205,18 +208,30 @@ class WorkerMetrics:
     def cache_result(self, function: str, kind: CacheKind, *, hit: bool) -> None:
         """Count one promise creation or lookup as a hit or a miss."""
         metric = self.cache_hits if hit else self.cache_misses
-        metric.labels(function, self.group, kind).inc()
+        self._child(metric, function, self.group, kind).inc()
 
     def execution_finished(
         self, function: str, depth: int, outcome: Outcome, seconds: float
     ) -> None:
         """Record one finished run of a function body."""
-        self.executions.labels(function, self.group, outcome).inc()
-        self.execution_depth.labels(function, self.group).observe(depth)
+        group = self.group
+        self._child(self.executions, function, group, outcome).inc()
+        self._child(self.execution_depth, function, group).observe(depth)
         if depth > self._deepest.get(function, -1):
             self._deepest[function] = depth
-            self.execution_depth_max.labels(function, self.group).set(depth)
-        self.execution_duration.labels(function, self.group).observe(seconds)
+            self.execution_depth_max.labels(function, group).set(depth)
+        self._child(self.execution_duration, function, group).observe(seconds)
+
+    def in_flight_for(self, function: str) -> Any:
+        """The in-flight gauge of ``function`` in this group."""
+        return self._child(self.in_flight, function, self.group)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def fanout(self, function: str, width: int) -> None:
         """Record the number of children one fan-out spawned."""
