@@ -3,7 +3,9 @@
 Starts the local Resonate server and N worker processes, each its own OS
 process with its own log file, prints where everything is, restarts any
 process that dies (with backoff, as a ReplicaSet would), and on Ctrl-C or
-SIGTERM stops the workers first (they drain) and the server last. The same
+SIGTERM stops the workers first (they drain) and the server last; if the
+supervisor itself is killed outright, Linux delivers SIGTERM to every child
+(``PR_SET_PDEATHSIG``), so no orphan keeps the port and the store. The same
 supervisor can change the number of workers while running (:meth:`Stack.scale`),
 which is what ``up --autoscale`` drives.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import signal
@@ -27,7 +31,7 @@ import aiohttp
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
     from service.config import Settings
     from service.operator.policy import PolicySpec
@@ -38,11 +42,42 @@ RESTART_BACKOFF = (0.5, 10.0)
 STABLE_SECONDS = 10.0
 
 
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGTERM when the supervisor dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", *, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports nothing listens on right now, none in ``avoid``.
+
+    All are held open until every one is chosen: a port released by one
+    call can come straight back from the next, and two processes of one
+    stack would then race for it.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
 
 
 @dataclass
@@ -74,6 +109,8 @@ class Child:
             stdout=self._log_file,
             stderr=self._log_file,
             start_new_session=True,
+            # Runs between fork and exec: only a prctl call, no locks taken.
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         self.started_at = time.monotonic()
 
@@ -119,9 +156,10 @@ def plan_stack(
     """Choose ports and paths; ``port=0`` picks free ports for everything."""
     data_dir = Path(settings.data_dir).resolve()
     host = "127.0.0.1"
-    server_port = port or free_port(host)
     base = settings.http_port
-    worker_ports = [free_port(host) if port == 0 or base == 0 else base + i for i in range(workers)]
+    picked = free_ports(workers + 1, host, avoid=[port] if port else ())
+    server_port = port or picked[0]
+    worker_ports = [picked[1 + i] if port == 0 or base == 0 else base + i for i in range(workers)]
     server_data = data if data is not None else str(data_dir / "server.db")
     return StackPlan(
         host, server_port, worker_ports, data_dir, server_data, group or settings.group
@@ -178,7 +216,11 @@ class Stack:
     def _worker_child(self) -> Child:
         index = self._next_worker
         self._next_worker += 1
-        port = self._spare_ports.pop(0) if self._spare_ports else free_port(self.plan.host)
+        if self._spare_ports:
+            port = self._spare_ports.pop(0)
+        else:
+            taken = [self.plan.server_port, *(w.port for w in self.workers)]
+            port = free_ports(1, self.plan.host, avoid=taken)[0]
         env = {
             **self._env,
             "RESONATE_URL": self.plan.url,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +19,7 @@ import pytest
 from service.client import invoke
 from service.patterns.enrich import enrich_record
 from service.patterns.registry import pattern
+from tests.conftest import ROOT
 from tests.integration.conftest import log_events, scrape, total, worker_url
 
 pytestmark = pytest.mark.slow
@@ -117,3 +123,42 @@ async def test_two_groups__rpc_targets__run_only_on_target_group(stacks: Any, cl
     assert started(alpha_events, "enrich_one") == []
     assert len({e["promise_id"] for e in started(beta_events, "enrich_one")}) == 40
     assert len(started(alpha_events, "parallel_enrich")) >= 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_up_killed_outright__server_and_workers_exit_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+    env["RESONATE_PATTERNS_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "up", "--port", "0", "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest_path = tmp_path / "stack.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not manifest_path.exists():
+        time.sleep(0.1)
+    manifest = json.loads(manifest_path.read_text())
+    children = [manifest["server"]["pid"], *(w["pid"] for w in manifest["workers"])]
+    assert len(children) == 3
+    assert all(_alive(pid) for pid in children)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)], "orphans outlived the supervisor"
