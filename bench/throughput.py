@@ -355,6 +355,22 @@ async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
                 await stack.stop()
 
 
+def cpu_reference_ms() -> float:
+    """Time of a fixed pure-Python job (best of 5): how fast this host is right now.
+
+    A shared VM's speed drifts by tens of percent; printing this before and
+    after a run tells a slow host from a slow build.
+    """
+    doc = {"id": "factorial-200:1.2.3", "state": "resolved", "tags": {"a": "b"}, "n": 12345}
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20_000):
+            json.loads(json.dumps(doc))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -405,6 +421,7 @@ async def main() -> int:
         sys.stdout.flush()
 
     settings = load_settings({})
+    reference_before = cpu_reference_ms()
     rows: list[Row] = []
     latencies: list[float] = []
     modes = args.modes.split(",")
@@ -427,6 +444,7 @@ async def main() -> int:
         finally:
             await stack.stop()
 
+    reference_after = cpu_reference_ms()
     say("")
     say(
         f"{'mode':<10} {'workload':<24} {'promises':>9} {'seconds':>9} {'promises/s':>11}"
@@ -448,7 +466,12 @@ async def main() -> int:
         f"cache hit (whole `resonate-patterns call` command, n={len(wall)}): "
         f"median {statistics.median(wall):.0f} ms (mostly Python start-up)"
     )
+    say(
+        f"host speed reference (lower is faster): {reference_before:.0f} ms before,"
+        f" {reference_after:.0f} ms after"
+    )
     results = {
+        "cpu_reference_ms": {"before": reference_before, "after": reference_after},
         "rows": [
             {"mode": r.mode, "workload": r.workload, "runs": r.runs, "rate": r.rate} for r in rows
         ],
