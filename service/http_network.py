@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: Most connections open at once; a send beyond this waits for a free one.
 DEFAULT_CONN_LIMIT = 256
+#: Longest wait for one reply (aiohttp's default total timeout, which the SDK's
+#: client had): a server that accepts a request and never answers is treated
+#: as a lost connection, closed and retried, instead of hanging the worker.
+DEFAULT_REPLY_TIMEOUT_SECONDS = 300.0
 
 
 #: Characters an HTTP header name may hold (RFC 9110 ``token``).
@@ -60,6 +64,10 @@ def _forwarded(name: str) -> bool:
 
 class ConnectionLostError(Exception):
     """The server closed or reset the connection before the reply was complete."""
+
+
+class ReplyTimeoutError(ConnectionLostError):
+    """The server accepted a request but sent no complete reply in time."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,23 @@ class _Exchange(asyncio.Protocol):
             reply.set_result(body)
 
     # used by the pool
-    async def exchange(self, request: bytes) -> bytes:
+    async def exchange(self, request: bytes, reply_within: float) -> bytes:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionLostError("connection closed by the server")
-        self._reply = asyncio.get_running_loop().create_future()
-        self._transport.write(request)
-        return await self._reply
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        self._reply = reply
+        # A bare timer rather than asyncio.timeout(): this runs twice per
+        # ctx.run child and the timer is all that is needed.
+        timer = loop.call_later(reply_within, self._timed_out, reply_within)
+        try:
+            self._transport.write(request)
+            return await reply
+        finally:
+            timer.cancel()
+
+    def _timed_out(self, timeout: float) -> None:
+        self._fail(ReplyTimeoutError(f"no reply within {timeout:g} s"))
 
     def close(self) -> None:
         self.reusable = False
@@ -156,6 +175,7 @@ class PooledHttpNetwork:
         url: str,
         *,
         conn_limit: int = DEFAULT_CONN_LIMIT,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
         backoff: Backoff | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(url)
@@ -165,6 +185,7 @@ class PooledHttpNetwork:
         ).encode("latin-1")
         self._idle: list[_Exchange] = []
         self._slots = asyncio.Semaphore(conn_limit)
+        self._reply_timeout = reply_timeout
         self._backoff: Backoff = backoff if backoff is not None else ExponentialBackoff()
         self._running = False
         self._stopped = False
@@ -220,7 +241,9 @@ class PooledHttpNetwork:
                 pooled = bool(self._idle)
                 conn = self._idle.pop() if pooled else await self._connect()
                 try:
-                    reply = await conn.exchange(request)
+                    reply = await conn.exchange(request, self._reply_timeout)
+                except ReplyTimeoutError:
+                    raise
                 except ConnectionLostError:
                     conn.close()
                     if pooled:

@@ -13,7 +13,7 @@ from resonate.error import ConnectorError
 from service.http_network import Endpoint, PooledHttpNetwork
 
 type Served = tuple["Recorder", int]
-type MakeNetwork = Callable[[str], Awaitable[PooledHttpNetwork]]
+type MakeNetwork = Callable[..., Awaitable[PooledHttpNetwork]]
 
 
 class _NoDelay:
@@ -31,12 +31,17 @@ class Recorder:
         self.close_after = False
         self.chunked = False
         self.delay = 0.0
+        self.hang_first = 0.0  # the first request waits this long before its reply
+        self.requests = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert request.transport is not None
         self.connections.add(request.transport.get_extra_info("peername"))
         self.headers.append(dict(request.headers))
         body = await request.read()
+        self.requests += 1
+        if self.hang_first and self.requests == 1:
+            await asyncio.sleep(self.hang_first)
         if self.delay:
             await asyncio.sleep(self.delay)
         headers = {"Connection": "close"} if self.close_after else {}
@@ -75,8 +80,8 @@ async def server() -> AsyncIterator[Served]:
 async def network() -> AsyncIterator[MakeNetwork]:
     made: list[PooledHttpNetwork] = []
 
-    async def make(url: str) -> PooledHttpNetwork:
-        net = PooledHttpNetwork(url, backoff=_NoDelay())
+    async def make(url: str, **options: float) -> PooledHttpNetwork:
+        net = PooledHttpNetwork(url, backoff=_NoDelay(), **options)  # type: ignore[arg-type]
         await net.start()
         made.append(net)
         return net
@@ -217,3 +222,15 @@ def test_endpoint_parsing(url: str, endpoint: Endpoint, authority: str) -> None:
 def test_bad_urls_are_rejected_naming_the_setting(url: str) -> None:
     with pytest.raises(ValueError, match="RESONATE_URL"):
         Endpoint.parse(url)
+
+
+async def test_a_reply_that_never_comes__connection_dropped_and_request_retried(
+    server: Served, network: MakeNetwork
+) -> None:
+    rec, port = server
+    rec.hang_first = 1.5
+    net = await network(f"http://127.0.0.1:{port}", reply_timeout=0.3)
+    started = time.monotonic()
+    assert await net.send("again") == "echo:again"
+    assert time.monotonic() - started < 1.2  # not held until the first reply
+    assert rec.requests == 2
