@@ -44,6 +44,9 @@ DEFAULT_CONN_LIMIT = 256
 #: client had): a server that accepts a request and never answers is treated
 #: as a lost connection, closed and retried, instead of hanging the worker.
 DEFAULT_REPLY_TIMEOUT_SECONDS = 300.0
+#: Longest wait for a new connection (a host that drops packets otherwise
+#: holds a connection slot for the operating system's own, minutes-long, limit).
+CONNECT_TIMEOUT_SECONDS = 30.0
 
 
 #: Characters an HTTP header name may hold (RFC 9110 ``token``).
@@ -105,6 +108,8 @@ class _Exchange(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reply: asyncio.Future[bytes] | None = None
         self._body: list[bytes] = []
+        self._headers_done = False
+        self._framed = False  # the body's end is given (Content-Length or chunked)
         self.reusable = True
 
     # asyncio.Protocol
@@ -121,13 +126,33 @@ class _Exchange(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self._transport = None
+        if exc is None and self._headers_done and not self._framed:
+            # A body with no length ends where the server closes the connection.
+            self.on_message_complete()
+            return
         self._fail(ConnectionLostError(str(exc) if exc else "connection closed by the server"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers_done = self._framed = False
+        self._body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._headers_done = False
+        if self._parser.get_status_code() < 200:
+            # An interim reply (100 Continue, 103 ...): the answer still follows.
+            self._body = []
+            return
         if not self._parser.should_keep_alive():
             self.reusable = False
         reply, body = self._reply, b"".join(self._body)
@@ -185,6 +210,7 @@ class PooledHttpNetwork:
             "Content-Type: application/json\r\n"
         ).encode("latin-1")
         self._idle: list[_Exchange] = []
+        self._active: set[_Exchange] = set()
         self._slots = asyncio.Semaphore(conn_limit)
         self._reply_timeout = reply_timeout
         self._backoff: Backoff = backoff if backoff is not None else ExponentialBackoff()
@@ -195,14 +221,16 @@ class PooledHttpNetwork:
 
     async def start(self) -> None:
         self._running = True
+        self._stopped = False
         self._stop_event.clear()
 
     async def stop(self) -> None:
+        """Refuse new sends and end those in flight (they raise ``ConnectorError``)."""
         self._running = False
         self._stopped = True
         self._stop_event.set()
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn in [*idle, *self._active]:
             conn.close()
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
@@ -229,44 +257,58 @@ class PooledHttpNetwork:
         extra = b""
         if headers:
             extra = "".join(
-                f"{name}: {value}\r\n" for name, value in headers.items() if _forwarded(name)
+                f"{name}: {value}\r\n"
+                for name, value in headers.items()
+                if _forwarded(name) and "\r" not in value and "\n" not in value
             ).encode("latin-1")
         return b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, extra, len(body), body)
 
     async def _exchange(self, request: bytes) -> bytes:
         async with self._slots:
             while True:
+                if self._stopped:
+                    raise ConnectionLostError("network has been stopped")
                 # A pooled connection the server has since closed (idle
                 # timeout) fails without the request being read: move on to
                 # the next one, then to a fresh connection, whose failure counts.
                 pooled = bool(self._idle)
                 conn = self._idle.pop() if pooled else await self._connect()
+                self._active.add(conn)
                 try:
                     reply = await conn.exchange(request, self._reply_timeout)
                 except ReplyTimeoutError:
+                    self._active.discard(conn)
                     raise
                 except ConnectionLostError:
+                    self._active.discard(conn)
                     conn.close()
-                    if pooled:
+                    if pooled and not self._stopped:
                         continue
                     raise
                 except BaseException:
                     # Cancelled mid-exchange: the reply may still arrive, so
                     # the connection cannot carry another request.
+                    self._active.discard(conn)
                     conn.close()
                     raise
+                self._active.discard(conn)
                 self._release(conn)
                 return reply
 
     async def _connect(self) -> _Exchange:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            _Exchange,
-            self.endpoint.host,
-            self.endpoint.port,
-            ssl=self._tls,
-            server_hostname=self.endpoint.host if self._tls else None,
-        )
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                _, conn = await loop.create_connection(
+                    _Exchange,
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    ssl=self._tls,
+                    server_hostname=self.endpoint.host if self._tls else None,
+                )
+        except TimeoutError:
+            msg = f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s"
+            raise ConnectionLostError(msg) from None
         return conn
 
     def _release(self, conn: _Exchange) -> None:

@@ -24,6 +24,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import httptools
+import msgspec
+from resonate_base import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -33,6 +35,15 @@ type ApiHandler = Callable[[bytes | None], Awaitable[tuple[int, bytes]]]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE_ERROR = b"pipelined requests after POST / must also be POST /\n"
+_MALFORMED_BODY = b"malformed request body\n"
+#: The reply when the API handler itself fails (a server bug, never the client's).
+_INTERNAL_ERROR = msgspec.json.encode(
+    {
+        "kind": "unknown",
+        "head": {"corrId": "0", "status": 500, "version": PROTOCOL_VERSION},
+        "data": "Internal error",
+    }
+)
 #: Requests parsed but not yet answered on one connection before reading pauses.
 _MAX_QUEUED = 16
 
@@ -68,18 +79,23 @@ class ApiFastPath(asyncio.Protocol):
         self._connections = connections
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        # The chunks of the request being parsed, kept for a hand-off; valid
-        # only while it began at the start of a chunk (always, unless pipelined).
+        # The bytes of a request whose headers are still being read, kept for
+        # a hand-off; valid only while it began at the start of a chunk
+        # (always, unless pipelined). Dropped once it is known to be ``POST /``.
         self._raw: list[bytes] = []
         self._between = True  # the parser is between messages
         self._at_chunk_start = True  # no byte of the chunk being fed is consumed yet
         self._aligned = True  # the current message began at a chunk start
-        self._rejected = False  # a request that cannot be handed off was seen
+        self._accepted = False  # the current message is a ``POST /`` answered here
+        self._refusal: bytes | None = None  # set: answer the queue, then this, then close
+        self._closing = False  # reading stopped; nothing more is parsed
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
+        self._declared = 0  # Content-Length of the current request, if given
         self._expect_continue = False
-        self._queue: deque[tuple[bytes | None, bool]] = deque()
+        self._continue_owed = False  # a 100 Continue to send once the queue is answered
+        self._queue: deque[tuple[bytes | None, bool, bool]] = deque()
         self._serving = False
         self._task: asyncio.Task[None] | None = None
         self._paused = False
@@ -96,9 +112,10 @@ class ApiFastPath(asyncio.Protocol):
         self._connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._rejected:
+        if self._closing or self._refusal is not None:
             return
-        self._raw.append(data)
+        if self._between or not self._accepted:
+            self._raw.append(data)
         self._at_chunk_start = self._between
         try:
             self._parser.feed_data(data)
@@ -108,7 +125,8 @@ class ApiFastPath(asyncio.Protocol):
                 return
             raise
         except httptools.HttpParserError:
-            # Not HTTP this parser accepts: aiohttp's parser decides the answer.
+            # Not HTTP this parser accepts: aiohttp's parser decides the
+            # answer, unless the bytes can no longer be handed on intact.
             self._hand_off()
             return
         if self._between:
@@ -118,27 +136,50 @@ class ApiFastPath(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    async def shutdown(self, grace: float) -> None:
+        """Stop reading, let the request being answered finish, then close."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            transport.pause_reading()
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=grace)
+        self.close()
+
     # -------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
         self._aligned = self._at_chunk_start
-        self._at_chunk_start = self._between = False
+        self._at_chunk_start = self._between = self._accepted = False
         self._url = b""
         self._body = []
-        self._size = 0
+        self._size = self._declared = 0
         self._expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"expect" and value.lower() == b"100-continue":
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif name == b"content-length" and value.strip().isdigit():
+            self._declared = int(value)
 
     def on_headers_complete(self) -> None:
         if self._parser.get_method() != b"POST" or self._url != b"/":
             raise _HandOff
-        if self._expect_continue and self._transport is not None:
+        self._accepted = True
+        self._raw.clear()
+        if not self._expect_continue or self._declared > self._max_body:
+            # Over the limit: no 100, so a waiting client need not send the
+            # body; it gets the 413 envelope once the request is read.
+            return
+        if self._serving or self._queue:
+            # Interim replies must not overtake the final replies before them.
+            self._continue_owed = True
+        elif self._transport is not None:
             self._transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -148,9 +189,11 @@ class ApiFastPath(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._between = True
+        self._accepted = False
         body = b"".join(self._body) if self._size <= self._max_body else None
         self._body = []
-        self._queue.append((body, self._parser.should_keep_alive()))
+        http10 = self._parser.get_http_version() == "1.0"
+        self._queue.append((body, self._parser.should_keep_alive(), http10))
         if len(self._queue) >= _MAX_QUEUED and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
@@ -167,52 +210,66 @@ class ApiFastPath(asyncio.Protocol):
         """Answer queued requests in arrival order (HTTP/1.1 pipelining rules)."""
         try:
             while self._queue:
-                body, keep_alive = self._queue.popleft()
-                if self._paused and len(self._queue) < _MAX_QUEUED // 2:
+                body, keep_alive, http10 = self._queue.popleft()
+                if self._paused and not self._closing and len(self._queue) < _MAX_QUEUED // 2:
                     self._paused = False
                     if self._transport is not None:
                         self._transport.resume_reading()
-                status, reply = await self._api(body)
+                try:
+                    status, reply = await self._api(body)
+                except Exception:
+                    status, reply, keep_alive = 500, _INTERNAL_ERROR, False
                 transport = self._transport
                 if transport is None:
                     return
+                if not keep_alive:
+                    connection = b"Connection: close\r\n"
+                elif http10:
+                    connection = b"Connection: keep-alive\r\n"
+                else:
+                    connection = b""
                 head = _STATUS_LINES.get(status) or _status_line(status)
                 transport.write(
                     b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
-                    % (head, len(reply), b"" if keep_alive else b"Connection: close\r\n", reply)
+                    % (head, len(reply), connection, reply)
                 )
                 if not keep_alive:
                     self._queue.clear()
+                    self._closing = True
                     transport.close()
                     return
-            if self._rejected:
-                self._reject()
+            if self._refusal is not None:
+                self._refuse()
+            elif self._continue_owed and self._transport is not None:
+                self._continue_owed = False
+                self._transport.write(_CONTINUE)
         finally:
             self._serving = False
 
-    def _reject(self) -> None:
+    def _refuse(self) -> None:
         transport = self._transport
-        if transport is None:
+        if transport is None or self._refusal is None:
             return
         transport.write(
             b"%sContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (_STATUS_LINES[400], len(_PIPELINE_ERROR), _PIPELINE_ERROR)
+            % (_STATUS_LINES[400], len(self._refusal), self._refusal)
         )
         transport.close()
 
     def _hand_off(self) -> None:
         """Give the connection, and the bytes of the current request, to aiohttp."""
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return
-        if not self._aligned or self._serving:
-            # A non-API request pipelined behind API requests: where it starts
-            # is not known, so it cannot be handed on intact. Answer the
-            # requests before it, then refuse it and close.
-            self._rejected = True
+        if self._accepted or not self._aligned or self._serving:
+            # Where the offending request starts is not known (it is pipelined
+            # behind API requests, or it is a ``POST /`` whose body does not
+            # parse), so it cannot be handed on intact. Answer the requests
+            # before it, then refuse it and close.
+            self._refusal = _MALFORMED_BODY if self._accepted else _PIPELINE_ERROR
             transport.pause_reading()
             if not self._serving:
-                self._reject()
+                self._refuse()
             return
         raw = b"".join(self._raw)
         self._raw.clear()

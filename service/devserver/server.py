@@ -39,6 +39,8 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 #: Group and process ids on the stream URL: the characters an address can carry.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,252}$")
 _JSON = "application/json"
+#: How long ``stop`` waits for requests already being answered.
+_STOP_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ class DevServer:
         self.ready = False
         if self._listener is not None:
             self._listener.close()
-            for conn in list(self._fast):
-                conn.close()
+            # Requests already read are answered (their changes are applied
+            # either way) before their connections close.
+            await asyncio.gather(*(conn.shutdown(_STOP_GRACE_SECONDS) for conn in list(self._fast)))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -27,6 +27,7 @@ import atexit
 import contextvars
 import logging
 import sys
+import threading
 from typing import IO, Any
 
 import msgspec
@@ -53,37 +54,49 @@ def merge_execution_context(_: Any, __: str, event: dict[str, Any]) -> dict[str,
 
 
 class LineSink:
-    """Writes log lines to a binary stream, one write per event-loop iteration."""
+    """Writes log lines to a binary stream, one write per event-loop iteration.
+
+    Safe to use from several threads and loops: lines are appended under a
+    lock and written in the order they were appended; a flush is scheduled on
+    the loop of the thread that logs, and a thread with no running loop
+    writes at once.
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
         self._pending: list[bytes] = []
-        self._scheduled = False
+        self._lock = threading.Lock()
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         atexit.register(self.flush)
 
     def write(self, line: bytes) -> None:
-        self._pending.append(line)
-        if self._scheduled:
-            return
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        with self._lock:
+            self._pending.append(line)
+            if loop is not None and self._scheduled_on is loop:
+                return  # this loop's flush is already due
+            if loop is not None:
+                self._scheduled_on = loop
+        if loop is None:
             self.flush()
-            return
-        self._scheduled = True
-        loop.call_soon(self.flush)
+        else:
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._pending:
-            return
-        data = b"".join(self._pending)
-        self._pending.clear()
-        try:
-            self.stream.write(data)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass  # stderr closed or gone: nowhere left to report it
+        with self._lock:
+            self._scheduled_on = None
+            if not self._pending:
+                return
+            data = b"".join(self._pending)
+            self._pending = []
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except Exception:
+                pass
 
 
 class _SinkLogger:

@@ -227,3 +227,70 @@ async def test_non_api_request_pipelined_behind_a_post__400_and_closed(connect: 
     # The POST before it is answered first, then the refusal.
     assert data.index(b"HTTP/1.1 404") < data.index(b"HTTP/1.1 400 Bad Request")
     assert b"must also be POST /" in data
+
+
+async def test_http10_keep_alive__echoed_and_connection_kept(connect: Connect) -> None:
+    conn = await connect()
+    body = envelope("x", corr="one")
+    request = b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: %d\r\n\r\n%s"
+    await conn.send(request % (len(body), body))
+    first = (await conn.expect(1))[0]
+    assert first[1]["connection"] == "keep-alive"
+    body = envelope("x", corr="two")
+    await conn.send(request % (len(body), body))
+    assert json.loads((await conn.expect(2))[1][2])["head"]["corrId"] == "two"
+
+
+async def test_expect_100_with_an_oversized_length__no_interim_reply(connect: Connect) -> None:
+    conn = await connect()
+    await conn.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % (MAX_BODY_BYTES + 1)
+    )
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(conn.reader.read(1), 0.3)  # no 100 Continue: don't upload it
+    await conn.send(b"x" * (MAX_BODY_BYTES + 1))
+    assert (await conn.expect(1))[0][0] == 413
+
+
+async def test_expect_100_behind_a_pipelined_request__after_its_reply(connect: Connect) -> None:
+    conn = await connect()
+    later = envelope("x", corr="later")
+    await conn.send(
+        post(envelope("x", corr="first"))
+        + b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(later)
+    )
+    data = b""
+    while b"100 Continue" not in data:
+        data += await asyncio.wait_for(conn.reader.read(65536), 5)
+    assert data.index(b"HTTP/1.1 404") < data.index(b"HTTP/1.1 100 Continue")
+
+
+async def test_a_failing_api_handler__500_and_closed(
+    server: tuple[DevServer, int], connect: Connect
+) -> None:
+    srv, _ = server
+
+    async def broken(body: bytes | None) -> tuple[int, bytes]:
+        raise RuntimeError("boom")
+
+    srv.api = broken  # type: ignore[method-assign]
+    conn = await connect()
+    await conn.send(post(envelope("x")))
+    status, headers, body = (await conn.expect(1))[0]
+    assert status == 500
+    assert headers["connection"] == "close"
+    assert json.loads(body)["head"]["status"] == 500
+    assert await conn.closed_by_server()
+
+
+async def test_a_long_body_is_not_kept_twice(
+    server: tuple[DevServer, int], connect: Connect
+) -> None:
+    srv, _ = server
+    conn = await connect()
+    await conn.send(post(b"x" * (MAX_BODY_BYTES + 1))[: 2 * 1024 * 1024])  # headers + 2 MiB
+    await asyncio.sleep(0.2)
+    (fast,) = srv._fast
+    assert fast._raw == []  # only a request that may be handed off is kept raw

@@ -234,3 +234,70 @@ async def test_a_reply_that_never_comes__connection_dropped_and_request_retried(
     assert await net.send("again") == "echo:again"
     assert time.monotonic() - started < 1.2  # not held until the first reply
     assert rec.requests == 2
+
+
+async def _raw_server(reply: bytes, *, close: bool) -> tuple[asyncio.Server, int]:
+    """A server that answers every request with the bytes ``reply``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            await reader.readexactly(1)  # the tests send one-byte bodies
+            writer.write(reply)
+            await writer.drain()
+            if close:
+                writer.close()
+                return
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_interim_1xx_replies_are_skipped(network: MakeNetwork) -> None:
+    reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+    server, port = await _raw_server(reply, close=False)
+    net = await network(f"http://127.0.0.1:{port}")
+    try:
+        assert await net.send("a") == "final"
+        assert await net.send("b") == "final"  # not the first request's left-overs
+    finally:
+        server.close()
+
+
+async def test_a_body_ended_by_closing_the_connection(network: MakeNetwork) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close"
+    server, port = await _raw_server(reply, close=True)
+    net = await network(f"http://127.0.0.1:{port}", reply_timeout=2)
+    try:
+        assert await net.send("a") == "until-close"
+    finally:
+        server.close()
+
+
+async def test_stop_ends_sends_in_flight_and_waiting_for_a_connection(
+    server: Served, network: MakeNetwork
+) -> None:
+    rec, port = server
+    rec.delay = 2.0
+    net = await network(f"http://127.0.0.1:{port}", conn_limit=1)
+    in_flight = asyncio.ensure_future(net.send("x"))
+    waiting = asyncio.ensure_future(net.send("y"))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await net.stop()
+    for pending in (in_flight, waiting):
+        with pytest.raises(ConnectorError):
+            await asyncio.wait_for(pending, 1)
+    assert time.monotonic() - started < 1
+    assert rec.requests == 1  # the waiting one never went out
+
+
+async def test_header_values_that_would_break_framing_are_not_sent(
+    server: Served, network: MakeNetwork
+) -> None:
+    rec, port = server
+    net = await network(f"http://127.0.0.1:{port}")
+    sent = {"X-Ok": "fine", "X-Bad": "a\r\nX-Injected: yes"}
+    assert await net.send("x", sent) == "echo:x"
+    assert rec.headers[-1]["X-Ok"] == "fine"
+    assert "X-Injected" not in rec.headers[-1]
+    assert "X-Bad" not in rec.headers[-1]

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 
 from service.telemetry.logging import LineSink
 from tests.conftest import ROOT
@@ -87,3 +88,49 @@ def test_context_on_every_line_order_kept_and_flushed_at_exit() -> None:
     assert all("promise_id" not in e for e in events[2:])
     assert events[1]["logger"] == "resonate.sdk"
     assert events[1]["level"] == "warning"
+
+
+def test_sink_from_many_threads__every_line_exactly_once() -> None:
+    stream = CountingStream()
+    sink = LineSink(stream)
+
+    def emit(thread: int) -> None:
+        for i in range(5_000):
+            sink.write(b"%d-%d\n" % (thread, i))
+
+    threads = [threading.Thread(target=emit, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sink.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20_000
+    assert len(set(lines)) == 20_000
+    for t in range(4):  # each thread's lines stay in its order
+        mine = [int(line.split(b"-")[1]) for line in lines if line.startswith(b"%d-" % t)]
+        assert mine == list(range(5_000))
+
+
+def test_sink_when_a_loop_stops_before_its_flush__later_lines_still_go_out() -> None:
+    stream = CountingStream()
+    sink = LineSink(stream)
+    loop = asyncio.new_event_loop()
+
+    async def log_and_stop() -> None:
+        sink.write(b"in-loop\n")
+        loop.stop()
+
+    task = loop.create_task(log_and_stop())
+    loop.run_forever()  # stops before the scheduled flush runs
+    assert task.done()
+    sink.write(b"after, no loop\n")
+    assert stream.getvalue() == b"in-loop\nafter, no loop\n"
+
+    async def again() -> None:
+        sink.write(b"another loop\n")
+        await asyncio.sleep(0)
+
+    asyncio.run(again())
+    assert stream.getvalue().endswith(b"another loop\n")
+    loop.close()
