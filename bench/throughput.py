@@ -256,22 +256,26 @@ def client_for(url: str) -> Runtime:
     return runtime
 
 
+async def measure_on(stack: Stack, client: Runtime, mode: str, work: Workload, out: Any) -> Row:
+    """:func:`measure` on a running local stack, invoking through ``client``."""
+
+    async def call(name: str, args: tuple[Any, ...]) -> None:
+        await invoke(client, pattern(name), args, wait_seconds=900)
+
+    async def stored() -> int:
+        return await stored_on(stack.plan.url)
+
+    return await measure(mode, work, call, stored, out)
+
+
 async def run_server(workers: int, quick: bool, rows: list[Row], out: Any) -> list[float]:
     mode = f"server-{workers}"
     with tempfile.TemporaryDirectory() as tmp:
         stack = await start_stack(Path(tmp), workers)
         client = client_for(stack.plan.url)
         try:
-            url = stack.plan.url
-
-            async def call(name: str, args: tuple[Any, ...]) -> None:
-                await invoke(client, pattern(name), args, wait_seconds=900)
-
-            async def stored() -> int:
-                return await stored_on(url)
-
             for work in workloads(quick):
-                rows.append(await measure(mode, work, call, stored, out))
+                rows.append(await measure_on(stack, client, mode, work, out))
             latencies: list[float] = []
             if workers == 1:
                 for _ in range(300):
@@ -334,14 +338,6 @@ async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
             prefill(data, size)
             stack = await start_stack(Path(tmp), 1, data=data)
             client = client_for(stack.plan.url)
-            url = stack.plan.url
-
-            async def call(name: str, args: tuple[Any, ...]) -> None:
-                await invoke(client, pattern(name), args)  # noqa: B023 - awaited in this pass
-
-            async def stored() -> int:
-                return await stored_on(url)  # noqa: B023 - awaited in this pass
-
             try:
                 work = Workload(
                     f"fan-out 1000 run @{size // 1000}k",
@@ -349,7 +345,7 @@ async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
                     (list(range(50_000, 51_000)),),
                     REPEATS,
                 )
-                rows.append(await measure("server-1", work, call, stored, out))
+                rows.append(await measure_on(stack, client, "server-1", work, out))
             finally:
                 await client.stop()
                 await stack.stop()

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from service.devserver.addresses import parse_address
 from service.devserver.state import KINDS
+from service.telemetry.metrics import LabelledChildren
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -94,7 +95,7 @@ class ServerMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
-        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._child = LabelledChildren()
         self.messages = Counter(
             MESSAGES_NAME,
             "Push messages by kind and what happened to them.",
@@ -103,21 +104,10 @@ class ServerMetrics:
         )
 
     def observe_request(self, kind: str, status: int, seconds: float) -> None:
-        # Resolving label values costs more than the update; every request
-        # lands here, so keep each (kind, status) pair's children.
-        children = self._request_children.get((kind, status))
-        if children is None:
-            # Request kinds come from clients: only known ones become label values.
-            known = kind if kind in KINDS else "unknown"
-            children = (
-                self.requests.labels(known, str(status)),
-                self.request_duration.labels(known),
-            )
-            if known == kind:
-                self._request_children[kind, status] = children
-        count, duration = children
-        count.inc()
-        duration.observe(seconds)
+        # Request kinds come from clients: only known ones become label values.
+        kind = kind if kind in KINDS else "unknown"
+        self._child(self.requests, kind, str(status)).inc()
+        self._child(self.request_duration, kind).observe(seconds)
 
     def watch_state(
         self, state: Callable[[], ServerState], connections: Callable[[], dict[str, int]]

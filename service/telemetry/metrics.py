@@ -89,6 +89,25 @@ class MetricDoc:
     help: str
 
 
+class LabelledChildren:
+    """Each metric's child per label values, resolved once.
+
+    Resolving label values costs more than the update itself, and every
+    execution (worker) or request (local server) updates several series, so
+    the children are kept. Callers pass bounded label values only.
+    """
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
 class WorkerMetrics:
     """The live metric objects of one worker process, in their own registry."""
 
@@ -180,9 +199,7 @@ class WorkerMetrics:
             registry=r,
         )
         self._deepest: dict[str, int] = {}
-        # Resolving label values costs more than the update itself, and every
-        # execution updates several series: keep the children once resolved.
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._child = LabelledChildren()
         # Label lookups cost more than the increments on the per-execution path.
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._per_function: dict[str, tuple[Any, Any]] = {}
@@ -225,13 +242,6 @@ class WorkerMetrics:
     def in_flight_for(self, function: str) -> Any:
         """The in-flight gauge of ``function`` in this group."""
         return self._child(self.in_flight, function, self.group)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def fanout(self, function: str, width: int) -> None:
         """Record the number of children one fan-out spawned."""
