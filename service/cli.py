@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from service import __version__
-from service.config import Settings, load_settings, settings_table
+from service.config import Settings, load_settings, settings_table, specs
 from service.errors import ConfigError, InputError, ResonatePatternsError, UsageError
 from service.patterns.registry import PATTERNS, pattern
 from service.telemetry.logging import setup_logging
@@ -273,8 +273,10 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
 def _config(settings: Settings) -> int:
     _out(settings_table())
     _out("")
+    secrets = {name for name, s in specs().items() if s.secret}
     for name, value in vars(settings).items():
-        _out(f"{name} = {value!r}")
+        shown = ("(set)" if value is not None else None) if name in secrets else value
+        _out(f"{name} = {shown!r}")
     return EXIT_OK
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resonate.error import InvalidIdError
-from resonate.ids import validate_root_id
 
+from service.connector.envelopes import SETTLED_STATES
+from service.connector.sdk import validate_root_id
 from service.errors import ResonatePatternsError, UsageError
-from service.protocol import SETTLED_STATES
 
 if TYPE_CHECKING:
     from service.patterns.registry import Pattern

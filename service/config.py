@@ -44,6 +44,8 @@ class Spec:
     accepted: str
     doc: str
     parse: Callable[[str], Any]
+    #: A credential: never printed (``config`` shows whether it is set, not its value).
+    secret: bool = False
 
 
 def _int_in(lo: int, hi: int) -> tuple[str, Callable[[str], int]]:
@@ -120,15 +122,28 @@ def _text(raw: str) -> str:
     return value
 
 
+def _token(raw: str) -> str:
+    value = raw.strip()
+    # A JWT is three base64url parts; anything with whitespace or control
+    # characters would corrupt the header it travels in.
+    if not value or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValueError("token")
+    return value
+
+
 def spec(
     env: str,
     default: str | None,
     doc: str,
     parser: tuple[str, Callable[[str], Any]],
+    *,
+    secret: bool = False,
 ) -> Any:
     """Declare a settings field read from ``env`` (see :class:`Spec`)."""
     accepted, parse = parser
-    return field(metadata={"spec": Spec(env, default, accepted, doc, parse)})
+    return field(
+        metadata={"spec": Spec(env, default, accepted, doc, parse, secret)}, repr=not secret
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,21 @@ class Settings:
         None,
         "Resonate server URL. Unset: run embedded (in-process server and worker).",
         ("an http(s) URL such as http://localhost:8001", _url),
+    )
+    token: str | None = spec(
+        "RESONATE_TOKEN",
+        None,
+        "JWT sent to the Resonate server when it has auth on (head.auth on requests, "
+        "Authorization: Bearer on the event stream); the SDK's own variable name.",
+        ("a JWT (no whitespace)", _token),
+        secret=True,
+    )
+    stream_read_timeout_seconds: float = spec(
+        "RESONATE_PATTERNS_STREAM_READ_TIMEOUT_SECONDS",
+        "60",
+        "Silence after which the event stream from the server counts as dead and is "
+        "re-opened (the local server pings every 15 s).",
+        _float_in(5, 3600),
     )
     group: str = spec(
         "RESONATE_GROUP",
@@ -345,7 +375,8 @@ def load_settings(env: Mapping[str, str], **overrides: str) -> Settings:
         try:
             values[name] = s.parse(raw)
         except ValueError:
-            raise ConfigError(s.env, raw, s.accepted) from None
+            shown = "(hidden)" if s.secret else raw
+            raise ConfigError(s.env, shown, s.accepted) from None
     return Settings(**values)
 
 

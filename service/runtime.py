@@ -17,38 +17,31 @@ workers, with the dependencies the patterns read.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from resonate.connections import SSEConnection
-from resonate.heartbeat import NoopHeartbeat
-from resonate.observability import noop_observer
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
+from service.connector.drain import DrainGate
+from service.connector.heartbeat import LeaseHeartbeat
+from service.connector.http import PooledHttpNetwork
+from service.connector.sdk import NoopHeartbeat, make_sender, noop_observer, pending_jobs
+from service.connector.sse import EventStream
 from service.devserver.embedded import EmbeddedConnection
-from service.heartbeat import LeaseHeartbeat
-from service.http_network import PooledHttpNetwork
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import register_all
-from service.protocol import request_envelope
 from service.telemetry.instrument import Telemetry
-from service.telemetry.logging import get_logger
 from service.telemetry.metrics import WorkerMetrics
 from service.telemetry.network import ReplyObserver, TappedNetwork
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from resonate_base.connections import Network, Source
-
     from service.config import Settings
+    from service.connector.sdk import Source
 
 Role = Literal["worker", "client"]
 
@@ -72,83 +65,6 @@ def make_pid() -> str:
     return f"{host}-{uuid.uuid4().hex[:8]}"
 
 
-class DrainGate:
-    """A message source wrapper that can stop taking new work without disconnecting.
-
-    While draining, an ``execute`` message is handed back to the server
-    (acquire, then release) so another member of the group runs it, while
-    this process keeps its stream and its leases and finishes what it holds.
-    Disconnecting instead would make a server that frees a disconnected
-    worker's tasks hand the in-flight work to someone else.
-    """
-
-    def __init__(self, inner: Source, network: Network, pid: str, ttl_ms: int) -> None:
-        self.inner = inner
-        self._network = network
-        self._pid = pid
-        self._ttl_ms = ttl_ms
-        self.draining = False
-        self._bounces: set[asyncio.Task[None]] = set()
-        self._log = get_logger("service.drain")
-
-    def unicast(self) -> str:
-        return self.inner.unicast()
-
-    def resolve_target(self, target: str) -> str:
-        return self.inner.resolve_target(target)
-
-    def recv(self, callback: Callable[[str], None]) -> None:
-        def gated(raw: str) -> None:
-            if self.draining:
-                task = _execute_task(raw)
-                if task is not None:
-                    bounce = asyncio.create_task(self._bounce(*task))
-                    self._bounces.add(bounce)
-                    bounce.add_done_callback(self._bounces.discard)
-                    return
-            callback(raw)
-
-        self.inner.recv(gated)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def stop(self) -> None:
-        await self.inner.stop()
-
-    async def _send(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        envelope = request_envelope(kind, data, origin="drain")
-        reply: dict[str, Any] = json.loads(await self._network.send(json.dumps(envelope), {}))
-        return reply
-
-    async def _bounce(self, task_id: str, version: int) -> None:
-        """Give a task delivered during drain back to the group."""
-        await asyncio.sleep(0.05)  # keep a group that is draining as a whole from spinning
-        try:
-            acquired = await self._send(
-                "task.acquire",
-                {"id": task_id, "version": version, "pid": self._pid, "ttl": self._ttl_ms},
-            )
-            if acquired.get("head", {}).get("status") != 200:
-                return
-            new_version = acquired.get("data", {}).get("task", {}).get("version", version)
-            await self._send("task.release", {"id": task_id, "version": new_version})
-            self._log.info("task_handed_back", task_id=task_id)
-        except Exception as exc:  # the lease simply lapses; the server re-delivers
-            self._log.warning("task_hand_back_failed", task_id=task_id, error=str(exc))
-
-
-def _execute_task(raw: str) -> tuple[str, int] | None:
-    try:
-        msg = json.loads(raw)
-        if msg.get("kind") != "execute":
-            return None
-        task = msg["data"]["task"]
-        return str(task["id"]), int(task.get("version", 0))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 @dataclass
 class Runtime:
     """Everything a worker or client process holds while it runs."""
@@ -162,18 +78,21 @@ class Runtime:
     links: LinkSource
     gate: DrainGate | None
     embedded: EmbeddedConnection | None
+    #: The event stream from the server (None when embedded).
+    stream: EventStream | None = None
 
     def start(self) -> None:
         """Open connections (needs a running event loop)."""
         self.resonate.start()
 
     def pending_jobs(self) -> int:
-        """Background jobs still running inside the SDK (executions, creates).
+        """Background jobs still running inside the SDK (executions, creates)."""
+        return pending_jobs(self.resonate)
 
-        Reads the SDK's runtime bookkeeping, which is why resonate-sdk is
-        pinned to an exact version.
-        """
-        return len(self.resonate._runtime.bg_tasks)
+    @property
+    def connected(self) -> bool:
+        """Whether messages can reach this process (always, when embedded)."""
+        return self.stream is None or self.stream.connected
 
     async def stop(self) -> None:
         await self.resonate.stop()
@@ -197,6 +116,7 @@ def build_runtime(
     links = make_links(settings)
     gate: DrainGate | None = None
     embedded: EmbeddedConnection | None = None
+    stream: EventStream | None = None
 
     if settings.resonate_url is None:
         embedded = EmbeddedConnection(pid=pid, group=settings.group, store=settings.embedded_store)
@@ -216,20 +136,32 @@ def build_runtime(
         )
     else:
         url = settings.resonate_url
-        http = TappedNetwork(PooledHttpNetwork(url), replies, owns_inner=True)
+        token = settings.token
+        http = TappedNetwork(PooledHttpNetwork(url, token=token), replies, owns_inner=True)
         group = settings.group if role == "worker" else CLIENT_GROUP
         ttl = timedelta(seconds=settings.task_ttl_seconds)
-        sse: Source = SSEConnection(url=url, pid=pid, group=group)
+        ttl_ms = int(ttl.total_seconds() * 1000)
+        own_sender = make_sender(http, token)
+        stream = EventStream(
+            url,
+            pid=pid,
+            group=group,
+            token=token,
+            read_timeout=settings.stream_read_timeout_seconds,
+        )
+        stream.on_change(lambda up, again: metrics.stream_state(connected=up, reconnect=again))
+        source: Source = stream
         if role == "worker":
-            gate = DrainGate(sse, http, pid, int(ttl.total_seconds() * 1000))
-            sse = gate
+            gate = DrainGate(stream, own_sender, pid, ttl_ms)
+            source = gate
         resonate = Resonate(
             network=http,
-            sources=[sse],
+            sources=[source],
             group=group,
             pid=pid,
             ttl=ttl,
-            heartbeat=LeaseHeartbeat(pid, ttl.total_seconds() / 2, http),
+            token=token,
+            heartbeat=LeaseHeartbeat(pid, ttl.total_seconds() / 2, own_sender, metrics),
             max_concurrent_tasks=settings.max_concurrent_tasks,
             retry_policy=Never(),
             subscription_refresh_secs=REMOTE_REFRESH_SECONDS,
@@ -243,4 +175,4 @@ def build_runtime(
     resonate.with_dependency(
         PatternDeps(settings=settings, promises=resonate.promises, links=links)
     )
-    return Runtime(settings, role, pid, resonate, telemetry, replies, links, gate, embedded)
+    return Runtime(settings, role, pid, resonate, telemetry, replies, links, gate, embedded, stream)

@@ -49,12 +49,23 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def is_ready(self) -> bool:
+        """Ready = started, not draining, and the event stream from the server is open.
+
+        A worker whose stream is down receives no work, so it reports not
+        ready (``/readyz`` 503) until the stream is back.
+        """
+        return self.ready and self.runtime.connected
+
+    def _publish_ready(self, *_: object) -> None:
+        self.metrics.worker_ready.labels(self.settings.group).set(int(self.is_ready()))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        app = health_app(self.metrics.registry, lambda: self.ready)
+        app = health_app(self.metrics.registry, self.is_ready)
         runner, self.http_port = await serve_http(
             app, self.settings.http_host, self.settings.http_port
         )
@@ -63,9 +74,11 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             worker_pid=self.runtime.pid, group=self.settings.group
         )
+        if self.runtime.stream is not None:
+            self.runtime.stream.on_change(self._publish_ready)
         self.runtime.start()
         self.ready = True
-        self.metrics.worker_ready.labels(self.settings.group).set(1)
+        self._publish_ready()
         self._log.info(
             "worker_started",
             group=self.settings.group,
@@ -84,7 +97,7 @@ class Worker:
     async def drain(self) -> None:
         """Stop taking work, let in-flight executions finish, then disconnect."""
         self.ready = False
-        self.metrics.worker_ready.labels(self.settings.group).set(0)
+        self._publish_ready()
         if self.runtime.gate is not None:
             self.runtime.gate.draining = True
         started = time.monotonic()

@@ -15,8 +15,9 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
-from resonate.connections.sse import resolve_target, unicast
 
+from service.connector.sdk import anycast_address as resolve_target
+from service.connector.sdk import unicast_address as unicast
 from service.devserver.engine import Engine
 from service.devserver.store import MEMORY
 

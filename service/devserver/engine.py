@@ -19,8 +19,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from resonate.timing import now_ms
-
+from service.connector.sdk import now_ms
 from service.devserver.state import Outgoing, ServerState
 from service.devserver.store import MEMORY, Batch, Store
 from service.telemetry.logging import get_logger

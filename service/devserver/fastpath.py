@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 import msgspec
-from resonate_base import PROTOCOL_VERSION
+
+from service.connector.sdk import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

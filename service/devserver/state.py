@@ -27,10 +27,9 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from resonate.ids import origin_of
-from resonate_base import PROTOCOL_VERSION
 from sortedcontainers import SortedSet
 
+from service.connector.sdk import PROTOCOL_VERSION, origin_of
 from service.devserver.addresses import is_routable
 
 PROMISE_STATES = ("pending", "resolved", "rejected", "rejected_canceled", "rejected_timedout")

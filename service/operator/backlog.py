@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from resonate.connections.sse import resolve_target as anycast
 
+from service.connector.envelopes import request_envelope
+from service.connector.sdk import anycast_address as anycast
 from service.errors import ResonatePatternsError
-from service.protocol import request_envelope
 
 #: Largest page the official server allows.
 MAX_PAGE = 1000

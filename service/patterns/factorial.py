@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from resonate.error import ServerError
 from resonate.retry import Exponential
-from resonate.types import Value
 
+from service.connector.sdk import Value
 from service.patterns.deps import PatternDeps
 from service.patterns.steps import spawn_local
 from service.patterns.validation import require_int

@@ -56,6 +56,12 @@ TASKS_REDELIVERED_NAME = PREFIX + "tasks_redelivered_total"
 WORKER_INFO_NAME = PREFIX + "worker_info"
 #: 1 once the worker is connected and registered, 0 while starting/draining.
 WORKER_READY_NAME = PREFIX + "worker_ready"
+#: 1 while the process's event stream from the server is open, 0 while it is not.
+STREAM_CONNECTED_NAME = PREFIX + "event_stream_connected"
+#: Times the event stream was opened again after it closed or failed.
+STREAM_RECONNECTS_NAME = PREFIX + "event_stream_reconnects_total"
+#: Lease heartbeats the server refused or that never reached it, by reason.
+HEARTBEAT_FAILURES_NAME = PREFIX + "heartbeat_failures_total"
 
 # -- the autoscaling operator's metrics (see service.operator) ----------------------
 #: Tasks of a group waiting to run or running, as read from the Resonate server.
@@ -70,6 +76,9 @@ AUTOSCALER_SCALES_NAME = PREFIX + "autoscaler_scale_events_total"
 AUTOSCALER_READ_FAILURES_NAME = PREFIX + "autoscaler_backlog_read_failures_total"
 
 Outcome = Literal["resolved", "rejected", "suspended", "retried"]
+#: Why a heartbeat failed: an error status from the server (``rejected``;
+#: e.g. 400 for tasks of several origins, 401/403 for auth) or no reply at all.
+HeartbeatFailure = Literal["rejected", "unreachable"]
 CacheKind = Literal["invocation", "child", "lookup"]
 
 #: Depth buckets: one per level for shallow trees, coarser for deep recursion
@@ -198,6 +207,24 @@ class WorkerMetrics:
             ["group"],
             registry=r,
         )
+        self.stream_connected = Gauge(
+            STREAM_CONNECTED_NAME,
+            "1 while the event stream from the Resonate server is open, 0 while it is not.",
+            ["group"],
+            registry=r,
+        )
+        self.stream_reconnects = Counter(
+            STREAM_RECONNECTS_NAME,
+            "Times the event stream was opened again after it closed, failed or went silent.",
+            ["group"],
+            registry=r,
+        )
+        self.heartbeat_failures = Counter(
+            HEARTBEAT_FAILURES_NAME,
+            "Lease heartbeats (one per origin) refused by the server or not answered.",
+            ["group", "reason"],
+            registry=r,
+        )
         self._deepest: dict[str, int] = {}
         self._child = LabelledChildren()
         # Label lookups cost more than the increments on the per-execution path.
@@ -208,6 +235,10 @@ class WorkerMetrics:
         self.leases_lost.labels(group)
         self.tasks_redelivered.labels(group)
         self.worker_ready.labels(group).set(0)
+        self.stream_connected.labels(group).set(0)
+        self.stream_reconnects.labels(group)
+        for reason in ("rejected", "unreachable"):
+            self.heartbeat_failures.labels(group, reason)
 
     def add_process_collectors(self) -> None:
         """Register process (CPU, memory, fds) and Python platform metrics."""
@@ -251,6 +282,16 @@ class WorkerMetrics:
         """Record the deepest execution seen under a root that just resolved."""
         self.root_max_depth.labels(function, self.group).observe(max_depth)
 
+    def stream_state(self, *, connected: bool, reconnect: bool = False) -> None:
+        """Record the event stream opening (``reconnect`` when not the first time) or closing."""
+        self.stream_connected.labels(self.group).set(1 if connected else 0)
+        if reconnect:
+            self.stream_reconnects.labels(self.group).inc()
+
+    def heartbeat_failed(self, reason: HeartbeatFailure) -> None:
+        """Count one heartbeat request that extended no lease."""
+        self.heartbeat_failures.labels(self.group, reason).inc()
+
 
 def _docs(collectors: list[Any]) -> list[MetricDoc]:
     docs: list[MetricDoc] = []
@@ -286,6 +327,9 @@ def metric_docs() -> list[MetricDoc]:
             m.tasks_redelivered,
             m.worker_info,
             m.worker_ready,
+            m.stream_connected,
+            m.stream_reconnects,
+            m.heartbeat_failures,
         ]
     )
 

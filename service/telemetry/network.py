@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from service.protocol import SETTLED_STATES
+from service.connector.envelopes import SETTLED_STATES
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
-    from resonate_base.connections import Network
-
+    from service.connector.sdk import Network
     from service.telemetry.metrics import WorkerMetrics
 
 _FENCED = frozenset({"task.fence", "task.fulfill", "task.suspend"})

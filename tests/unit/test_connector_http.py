@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 from resonate.error import ConnectorError
 
-from service.http_network import Endpoint, PooledHttpNetwork
+from service.connector.http import Endpoint, PooledHttpNetwork
 
 type Served = tuple["Recorder", int]
 type MakeNetwork = Callable[..., Awaitable[PooledHttpNetwork]]
@@ -80,7 +81,7 @@ async def server() -> AsyncIterator[Served]:
 async def network() -> AsyncIterator[MakeNetwork]:
     made: list[PooledHttpNetwork] = []
 
-    async def make(url: str, **options: float) -> PooledHttpNetwork:
+    async def make(url: str, **options: Any) -> PooledHttpNetwork:
         net = PooledHttpNetwork(url, backoff=_NoDelay(), **options)  # type: ignore[arg-type]
         await net.start()
         made.append(net)
@@ -224,16 +225,42 @@ def test_bad_urls_are_rejected_naming_the_setting(url: str) -> None:
         Endpoint.parse(url)
 
 
-async def test_a_reply_that_never_comes__connection_dropped_and_request_retried(
+async def test_a_reply_that_never_comes__idempotent_request_dropped_and_resent(
     server: Served, network: MakeNetwork
 ) -> None:
     rec, port = server
     rec.hang_first = 1.5
     net = await network(f"http://127.0.0.1:{port}", reply_timeout=0.3)
+    body = '{"kind":"promise.get","head":{},"data":{"id":"a"}}'
     started = time.monotonic()
-    assert await net.send("again") == "echo:again"
+    assert await net.send(body) == "echo:" + body
     assert time.monotonic() - started < 1.2  # not held until the first reply
     assert rec.requests == 2
+
+
+@pytest.mark.parametrize(
+    "kind", ["task.acquire", "task.fence", "task.fulfill", "promise.create", "task.create"]
+)
+async def test_a_reply_that_never_comes__state_changing_request_never_resent(
+    server: Served, network: MakeNetwork, kind: str
+) -> None:
+    rec, port = server
+    rec.hang_first = 1.5
+    net = await network(f"http://127.0.0.1:{port}", reply_timeout=0.3)
+    with pytest.raises(ConnectorError, match=r"no reply within 0\.3 s"):
+        await net.send(f'{{"kind":"{kind}","head":{{}},"data":{{"id":"a"}}}}')
+    await asyncio.sleep(1.5)  # a resend would have arrived by now
+    assert rec.requests == 1
+
+
+async def test_token__sent_as_bearer_header_on_every_request(
+    server: Served, network: MakeNetwork
+) -> None:
+    rec, port = server
+    net = await network(f"http://127.0.0.1:{port}", token="t0k.e.n")
+    await net.send("a")
+    await net.send("b", {"Authorization": "Bearer forged"})  # a caller cannot override it
+    assert [h["Authorization"] for h in rec.headers] == ["Bearer t0k.e.n"] * 2
 
 
 async def _raw_server(reply: bytes, *, close: bool) -> tuple[asyncio.Server, int]:

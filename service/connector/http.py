@@ -15,6 +15,18 @@ fan-out throughput down. The wire format is the same
 plain HTTP/1.1 any server speaks; responses are parsed by ``httptools``
 (llhttp), so chunked bodies, keep-alive and ``Connection: close`` are handled
 by a real parser.
+
+Two rules for the official server:
+
+* with a token, every request carries ``Authorization: Bearer`` (the SDK's
+  ``Sender`` also puts it in ``head.auth``, where the server reads it);
+* a request whose bytes were written and whose reply did not come in time is
+  resent only if it is idempotent (reads, searches, listener registration,
+  heartbeats). The server may have applied anything else -- a ``task.acquire``
+  bumped the version, a fenced create happened -- so a blind resend could
+  double-apply it; such a send fails with ``ConnectorError`` instead, the
+  execution fails, and its task is re-delivered after the lease lapses (as
+  with the SDK's own client, which does not resend after a timeout either).
 """
 
 from __future__ import annotations
@@ -52,7 +64,28 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 #: Characters an HTTP header name may hold (RFC 9110 ``token``).
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: Set by this connector itself; a caller's value would corrupt the framing.
-_OWN_HEADERS = frozenset({"content-type", "content-length", "host"})
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "authorization"})
+#: Request kinds that change nothing when applied twice: safe to resend after
+#: a reply timeout. Everything else is sent at most once per written copy.
+IDEMPOTENT_KINDS = frozenset(
+    {
+        "promise.get",
+        "promise.search",
+        "promise.register_listener",
+        "task.get",
+        "task.search",
+        "task.heartbeat",
+        "schedule.get",
+        "schedule.search",
+    }
+)
+_KIND = re.compile(rb'"kind"\s*:\s*"([A-Za-z_.]+)"')
+
+
+def request_kind(body: bytes) -> str | None:
+    """The envelope's ``kind`` (the first one in the body: the outer envelope's)."""
+    match = _KIND.search(body, 0, 256)
+    return match.group(1).decode() if match else None
 
 
 @functools.cache
@@ -203,11 +236,13 @@ class PooledHttpNetwork:
         conn_limit: int = DEFAULT_CONN_LIMIT,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
         backoff: Backoff | None = None,
+        token: str | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(url)
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._head = (
             f"POST {self.endpoint.path} HTTP/1.1\r\nHost: {self.endpoint.authority}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Content-Type: application/json\r\n{auth}"
         ).encode("latin-1")
         self._idle: list[_Exchange] = []
         self._active: set[_Exchange] = set()
@@ -235,13 +270,23 @@ class PooledHttpNetwork:
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         """Send one envelope; the reply body as text, whatever the HTTP status."""
-        request = self._request(req.encode(), headers)
+        body = req.encode()
+        request = self._request(body, headers)
         attempt = 0
         while True:
             if self._stopped:
                 raise ConnectorError(RuntimeError("network has been stopped"))
             try:
                 return (await self._exchange(request)).decode()
+            except ReplyTimeoutError as exc:
+                kind = request_kind(body)
+                if kind not in IDEMPOTENT_KINDS:
+                    logger.warning("HTTP %s got no reply in time; not resent: %s", kind, exc)
+                    raise ConnectorError(exc) from exc
+                if not self._running:
+                    raise ConnectorError(exc) from exc
+                logger.warning("HTTP %s got no reply in time, resending: %s", kind, exc)
+                attempt += 1
             except (OSError, ConnectionLostError) as exc:
                 if not self._running:
                     raise ConnectorError(exc) from exc

@@ -1,0 +1,78 @@
+"""The seam over resonate-sdk internals (pinned: ``resonate-sdk==0.8.1``).
+
+The rest of ``service/`` uses only the SDK's user-facing API (``Resonate``,
+``Context``, retry policies, errors, the promises client). What it needs
+beyond that, it takes from here: address minting for the ``poll://`` scheme,
+the lineage origin of an id, the protocol version and clock the in-process
+server stamps, the SDK's typed ``Sender`` for the requests this project sends
+itself, and the count of the SDK's in-flight background jobs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from resonate.connections.sse import resolve_target as _anycast
+from resonate.connections.sse import unicast as _unicast
+from resonate.heartbeat import NoopHeartbeat
+from resonate.ids import origin_of, validate_root_id
+from resonate.observability import noop_observer
+from resonate.send import Sender
+from resonate.timing import now_ms
+from resonate.transport import Transport
+from resonate.types import Value
+from resonate_base import PROTOCOL_VERSION
+from resonate_base.connections import Network, Source
+
+if TYPE_CHECKING:
+    from resonate.resonate import Resonate
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Network",
+    "NoopHeartbeat",
+    "Source",
+    "Value",
+    "anycast_address",
+    "make_sender",
+    "noop_observer",
+    "now_ms",
+    "origin_of",
+    "pending_jobs",
+    "unicast_address",
+    "validate_root_id",
+]
+
+
+def anycast_address(group: str) -> str:
+    """The address that reaches any one member of ``group`` (``poll://any@{group}``).
+
+    The SDK stamps it on a promise's ``resonate:target`` tag; the backlog
+    reader searches by it and the local server routes by it.
+    """
+    return _anycast(group)
+
+
+def unicast_address(group: str, pid: str) -> str:
+    """The address that reaches one process (``poll://uni@{group}/{pid}``)."""
+    return _unicast(group, pid)
+
+
+def make_sender(network: Network, token: str | None) -> Sender:
+    """The SDK's typed request layer over ``network``, sending ``token`` in ``head.auth``.
+
+    Used for the requests this project sends itself (heartbeats, drain
+    hand-backs) so their envelopes, correlation checks and error statuses are
+    the SDK's own: a reply of 400 or more raises ``ServerError``.
+    """
+    return Sender(Transport(network, (), noop_observer), token, observer=noop_observer)
+
+
+def pending_jobs(resonate: Resonate) -> int:
+    """Background jobs still running inside the SDK (executions, creates).
+
+    Reads the SDK runtime's bookkeeping; the SDK offers no public count or
+    completion event, which is one reason resonate-sdk is pinned exactly.
+    """
+    jobs: Any = resonate._runtime.bg_tasks
+    return len(jobs)
