@@ -2,6 +2,7 @@
 #
 #   make demo   set everything up, then run the local stack demo (no cluster needed)
 #   make test   set everything up (venv, packages, helm, prometheus), then run all tests
+#               (SOAK=0 leaves out the 6-minute soak tests that run beside the others)
 #
 # Both targets are idempotent: a second run reuses .venv and the tool cache.
 
@@ -10,6 +11,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TOOLS_DIR ?= .tools
+# 1: `make test` also runs the minutes-long soak tests, beside the rest of the suite.
+SOAK ?= 1
 
 .PHONY: demo test setup tools lint typecheck bench clean manifests
 
@@ -38,7 +41,17 @@ test: tools
 	@$(PY) -m ruff check service tests bench scripts
 	@$(PY) -m ruff format --check service tests bench scripts
 	@$(PY) -m mypy
-	@PATH="$(CURDIR)/$(TOOLS_DIR)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	@set -uo pipefail; export PATH="$(CURDIR)/$(TOOLS_DIR)/bin:$$PATH"; \
+	if [[ "$(SOAK)" == 1 ]]; then \
+	  echo "==> soak tests (about 6 minutes) run in the background; log: $(VENV)/soak.log"; \
+	  $(PY) -m pytest -m soak -p no:cacheprovider -q > "$(VENV)/soak.log" 2>&1 & soak=$$!; \
+	fi; \
+	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS); main=$$?; soakrc=0; \
+	if [[ "$(SOAK)" == 1 ]]; then \
+	  echo "==> waiting for the soak tests"; wait $$soak; soakrc=$$?; \
+	  echo "==> soak tests:"; cat "$(VENV)/soak.log"; \
+	fi; \
+	exit $$(( main != 0 ? main : soakrc ))
 
 lint: setup
 	@$(PY) -m ruff check service tests bench scripts

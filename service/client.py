@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from resonate.error import InvalidIdError
+from resonate.error import InvalidIdError, ServerError
 
 from service.connector.envelopes import SETTLED_STATES
 from service.connector.sdk import validate_root_id
-from service.errors import ResonatePatternsError, UsageError
+from service.errors import AuthRefusedError, ResonatePatternsError, UsageError
 
 if TYPE_CHECKING:
     from service.patterns.registry import Pattern
@@ -86,14 +86,19 @@ async def invoke(
     """Run ``pattern(*args)`` under its keyed id and wait for the result."""
     pattern.validate(runtime.settings, args)
     pid = promise_id_for(pattern, args, promise_id)
-    runtime.replies.watch(pid)
     started = time.perf_counter()
+    await runtime.check_access(pid)
+    runtime.replies.watch(pid)
     target = runtime.resonate.options(target=runtime.settings.group)
     handle = target.rpc(pid, pattern.name, *args)
     try:
         value = await asyncio.wait_for(handle.result(), wait_seconds)
     except TimeoutError:
         raise WaitTimeoutError(pid, wait_seconds or 0) from None
+    except ServerError as exc:
+        if exc.code in (401, 403):
+            raise AuthRefusedError(exc.code, exc.message, pid) from None
+        raise RejectedError(pid, str(exc)) from exc
     except Exception as exc:
         raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -69,3 +69,19 @@ class EnrichmentError(ResonatePatternsError):
 
 class FetchError(ResonatePatternsError):
     """A page's links could not be fetched from the link source."""
+
+
+class AuthRefusedError(ResonatePatternsError):
+    """The Resonate server refused this process's token (401) or its scope (403)."""
+
+    def __init__(self, status: int, server_message: str, promise_id: str | None = None) -> None:
+        self.status = status
+        self.server_message = server_message
+        if status == 403:
+            scope = f" may not touch {promise_id!r}" if promise_id else " may not do this"
+            why = f"the token in RESONATE_TOKEN{scope}: its prefix claim does not cover the id"
+        else:
+            why = "RESONATE_TOKEN is missing, expired or not signed by the server's auth key"
+        super().__init__(
+            f"the Resonate server refused the request ({status} {server_message}): {why}"
+        )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
+from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
@@ -32,6 +33,7 @@ from service.connector.http import PooledHttpNetwork
 from service.connector.sdk import NoopHeartbeat, make_sender, noop_observer, pending_jobs
 from service.connector.sse import EventStream
 from service.devserver.embedded import EmbeddedConnection
+from service.errors import AuthRefusedError
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import register_all
@@ -41,7 +43,7 @@ from service.telemetry.network import ReplyObserver, TappedNetwork
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.connector.sdk import Source
+    from service.connector.sdk import Sender, Source
 
 Role = Literal["worker", "client"]
 
@@ -80,6 +82,8 @@ class Runtime:
     embedded: EmbeddedConnection | None
     #: The event stream from the server (None when embedded).
     stream: EventStream | None = None
+    #: The SDK's typed request layer for this project's own requests (None when embedded).
+    sender: Sender | None = None
 
     def start(self) -> None:
         """Open connections (needs a running event loop)."""
@@ -88,6 +92,25 @@ class Runtime:
     def pending_jobs(self) -> int:
         """Background jobs still running inside the SDK (executions, creates)."""
         return pending_jobs(self.resonate)
+
+    async def check_access(self, promise_id: str) -> None:
+        """Fail fast when the server refuses this process's token for ``promise_id``.
+
+        The SDK does not surface a refused create to the caller: the
+        invocation would wait forever while the server answers 401/403. So a
+        remote invocation first reads the promise (one round trip): 401 or
+        403 raises :class:`~service.errors.AuthRefusedError`, naming the
+        cause; 200 or 404 means the token may touch the id.
+        """
+        if self.sender is None:
+            return
+        try:
+            await self.sender.promise_get(promise_id)
+        except ServerError as exc:
+            if exc.code in (401, 403):
+                raise AuthRefusedError(exc.code, exc.message, promise_id) from None
+            if exc.code != 404:
+                raise
 
     @property
     def connected(self) -> bool:
@@ -117,6 +140,7 @@ def build_runtime(
     gate: DrainGate | None = None
     embedded: EmbeddedConnection | None = None
     stream: EventStream | None = None
+    own_sender: Sender | None = None
 
     if settings.resonate_url is None:
         embedded = EmbeddedConnection(pid=pid, group=settings.group, store=settings.embedded_store)
@@ -149,7 +173,7 @@ def build_runtime(
             token=token,
             read_timeout=settings.stream_read_timeout_seconds,
         )
-        stream.on_change(lambda up, again: metrics.stream_state(connected=up, reconnect=again))
+        stream.on_change(metrics.stream_state)
         source: Source = stream
         if role == "worker":
             gate = DrainGate(stream, own_sender, pid, ttl_ms)
@@ -175,4 +199,6 @@ def build_runtime(
     resonate.with_dependency(
         PatternDeps(settings=settings, promises=resonate.promises, links=links)
     )
-    return Runtime(settings, role, pid, resonate, telemetry, replies, links, gate, embedded, stream)
+    return Runtime(
+        settings, role, pid, resonate, telemetry, replies, links, gate, embedded, stream, own_sender
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Network",
     "NoopHeartbeat",
+    "Sender",
     "Source",
     "Value",
     "anycast_address",

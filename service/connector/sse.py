@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 from resonate.connections.sse import SseFramer
@@ -55,6 +55,10 @@ RECONNECT_BACKOFF = ExponentialBackoff(initial=0.1, factor=2.0, max_delay=5.0)
 #: Statuses that mean "this token may not listen here": logged as errors.
 _REFUSED = frozenset({401, 403})
 
+#: Why an open stream ended: silent past the read timeout (normal against a
+#: server that sends no keep-alives), ended by the server, or a failure.
+CloseCause = Literal["idle", "closed", "error"]
+
 
 class EventStream:
     """A :class:`~resonate_base.connections.Source` over the server's SSE endpoint."""
@@ -78,7 +82,7 @@ class EventStream:
         )
         self._backoff = backoff
         self._subscribers: list[Callable[[str], None]] = []
-        self._watchers: list[Callable[[bool, bool], None]] = []
+        self._watchers: list[Callable[[bool, CloseCause | None], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.connected = False
@@ -87,6 +91,7 @@ class EventStream:
         #: The last reason the stream is not open (None while open or never tried).
         self.last_error: str | None = None
         self._opened_once = False
+        self._last_close: CloseCause = "error"
         self._log = get_logger("service.stream")
 
     # -- Source -------------------------------------------------------------------
@@ -118,8 +123,12 @@ class EventStream:
 
     # -- state ---------------------------------------------------------------------
 
-    def on_change(self, callback: Callable[[bool, bool], None]) -> None:
-        """Call ``callback(connected, reconnect)`` on every open and close."""
+    def on_change(self, callback: Callable[[bool, CloseCause | None], None]) -> None:
+        """Call ``callback(connected, cause)`` on every open and close.
+
+        ``cause`` is set when the stream opens again after it had been open:
+        why the previous one ended. It is None on the first opening and on closes.
+        """
         self._watchers.append(callback)
 
     def _set_connected(self, connected: bool, error: str | None) -> None:
@@ -127,12 +136,14 @@ class EventStream:
         if connected == self.connected:
             return
         self.connected = connected
-        reconnect = connected and self._opened_once
+        cause: CloseCause | None = None
         if connected:
-            self.reconnects += int(reconnect)
+            if self._opened_once:
+                cause = self._last_close
+                self.reconnects += 1
             self._opened_once = True
         for watcher in list(self._watchers):
-            watcher(connected, reconnect)
+            watcher(connected, cause)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -140,10 +151,11 @@ class EventStream:
         attempt = 0
         while True:
             error = await self._listen_once()
+            self._set_connected(False, error or "stream ended")
+            if error is None and self._last_close == "idle":
+                continue  # a quiet stream timed out: reopen at once
             if error is None:  # the stream was open and ended: start the ladder over
                 attempt = 0
-                error = "stream ended"
-            self._set_connected(False, error)
             delay = self._backoff.delay(attempt)
             attempt += 1
             await asyncio.sleep(delay)
@@ -159,23 +171,28 @@ class EventStream:
                 self._set_connected(True, None)
                 self._log.info("event_stream_connected", url=self.url, reconnects=self.reconnects)
                 await self._pump(resp)
-                self._log.warning("event_stream_closed", url=self.url, reason="ended by server")
+                self._last_close = "closed"
+                self._log.warning("event_stream_closed", url=self.url, cause="closed")
                 return None
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            reason = "no data within the read timeout" if self.connected else "connect timeout"
+            if self.connected:
+                # Expected against a server that sends no keep-alives: not a warning.
+                self._last_close = "idle"
+                self._log.info("event_stream_closed", url=self.url, cause="idle")
+                return None
+            reason = "connect timeout"
         except (aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         except Exception as exc:  # never let the listener die: anything else reconnects too
             reason = f"{type(exc).__name__}: {exc}"
-        was_open = self.connected
-        self._log.warning(
-            "event_stream_closed" if was_open else "event_stream_connect_failed",
-            url=self.url,
-            reason=reason,
-        )
-        return None if was_open else reason
+        if self.connected:
+            self._last_close = "error"
+            self._log.warning("event_stream_closed", url=self.url, cause="error", reason=reason)
+            return None
+        self._log.warning("event_stream_connect_failed", url=self.url, reason=reason)
+        return reason
 
     async def _refused(self, resp: aiohttp.ClientResponse) -> str:
         body = (await resp.text())[:200].strip()
