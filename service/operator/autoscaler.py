@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from service.operator.backlog import Backlog, BacklogReader, BacklogReadError
+from service.operator.backlog import (
+    Backlog,
+    BacklogCapabilityError,
+    BacklogReader,
+    BacklogReadError,
+)
 from service.operator.policy import Decision, PolicySpec, PolicyState, decide
 
 if TYPE_CHECKING:
@@ -50,6 +55,8 @@ class StepResult:
     scaled: bool
     paused: bool
     at: float
+    #: Set when the server refused the search (a capability problem, not a transient failure).
+    refused: BacklogCapabilityError | None = None
 
     @property
     def direction(self) -> str | None:
@@ -69,18 +76,29 @@ async def autoscale_step(
     paused: bool = False,
     now: float | None = None,
 ) -> StepResult:
-    """Read, decide, and (unless ``paused``) scale. Raises only if the target fails."""
+    """Read, decide, and (unless ``paused``) scale. Raises only if the target fails.
+
+    A refused search (:class:`BacklogCapabilityError`) counts as a failed read
+    and, by its reason, as a capability error; the policy then holds or falls
+    back at once instead of waiting for ``failureThreshold``.
+    """
     at = time.time() if now is None else now
     metrics.ensure(who.namespace, who.name, who.group)
     backlog: Backlog | None = None
     read_error: str | None = None
+    refused: BacklogCapabilityError | None = None
     try:
         backlog = await reader.read(who.group)
     except BacklogReadError as exc:
         read_error = str(exc)
         metrics.read_failed(who.namespace, who.name, who.group)
+        if isinstance(exc, BacklogCapabilityError):
+            refused = exc
+            metrics.capability_error(who.namespace, who.name, who.group, reason=exc.reason)
     current = await target.get_replicas()
-    decision = decide(spec, state, at, current, backlog.total if backlog else None)
+    decision = decide(
+        spec, state, at, current, backlog.total if backlog else None, permanent=refused is not None
+    )
     if backlog is not None:
         metrics.observed(
             who.namespace,
@@ -99,4 +117,6 @@ async def autoscale_step(
     metrics.replicas(
         who.namespace, who.name, who.group, desired=decision.desired, current=new_current
     )
-    return StepResult(backlog, read_error, current, new_current, decision, scaled, paused, at)
+    return StepResult(
+        backlog, read_error, current, new_current, decision, scaled, paused, at, refused
+    )

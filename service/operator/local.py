@@ -48,14 +48,16 @@ async def autoscale_local(
     interval: float = 2.0,
     metrics: OperatorMetrics | None = None,
     metrics_port: int | None = None,
+    token: str | None = None,
 ) -> None:
     """Scale ``stack``'s workers by its group's backlog until ``stop`` is set.
 
     With ``metrics_port``, the autoscaler's metrics (the operator's) are served
     on ``/metrics`` there (0 picks a free port), as the operator serves them.
+    ``token`` is sent to the server as the operator sends it (RESONATE_TOKEN).
     """
     who = Identity("local", "up", stack.plan.group)
-    reader = BacklogReader(stack.plan.url)
+    reader = BacklogReader(stack.plan.url, token=token)
     target = LocalWorkers(stack)
     metrics = metrics or OperatorMetrics()
     state = PolicyState()

@@ -8,6 +8,13 @@ spec or a missing Deployment is reported in the status (``Ready=False``) and
 retried every poll, so fixing either needs no operator restart. The policy
 state (stabilization window, cooldown clock, failure count) lives in the
 status, so it survives operator restarts and leader changes.
+
+A server that refuses the backlog searches (unknown request kind, refused
+token) sets ``BacklogReadable=False`` and posts one Warning Event
+(``BacklogUnsupported``, ``BacklogUnauthorized`` or ``BacklogForbidden``)
+per change, not per poll; when it answers again, one Normal
+``BacklogReadable`` Event. Replicas are held (or go to ``fallbackReplicas``)
+meanwhile, never to zero.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ from service.operator.autoscaler import Identity, autoscale_step
 from service.operator.backlog import BacklogReader
 from service.operator.kube import DeploymentScale, TargetMissingError, patch_status
 from service.operator.policy import PolicySpec, PolicyState
-from service.operator.status import error_status, is_paused, step_status
+from service.operator.status import (
+    error_status,
+    is_paused,
+    readable_change,
+    step_status,
+)
 
 if TYPE_CHECKING:
     from service.telemetry.metrics import OperatorMetrics
@@ -40,6 +52,8 @@ class OperatorContext:
     metrics: OperatorMetrics
     #: Overrides every spec's pollingIntervalSeconds (tests and local demos).
     poll_seconds: float | None = None
+    #: Token for the Resonate servers (RESONATE_TOKEN); None sends no auth.
+    token: str | None = None
     readers: dict[str, BacklogReader] = field(default_factory=dict)
     api: k8s.ApiClient | None = None
 
@@ -50,7 +64,7 @@ class OperatorContext:
 
     def reader(self, url: str) -> BacklogReader:
         if url not in self.readers:
-            self.readers[url] = BacklogReader(url)
+            self.readers[url] = BacklogReader(url, token=self.token)
         return self.readers[url]
 
     async def close(self) -> None:
@@ -67,6 +81,21 @@ def _interval(spec: dict[str, Any], ctx: OperatorContext) -> float:
         return max(ctx.poll_seconds, MIN_POLL_SECONDS)
     raw = spec.get("pollingIntervalSeconds", 5)
     return float(raw) if isinstance(raw, int | float) and raw >= 1 else 5.0
+
+
+def _readable_event(
+    body: kopf.Body, before: dict[str, Any], after: dict[str, Any], logger: Any
+) -> None:
+    """One Event when the server starts or stops refusing the backlog searches."""
+    change = readable_change(before, after)
+    if change is None:
+        return
+    if change.readable:
+        kopf.info(body, reason=change.reason, message=change.message)
+        logger.info(change.message)
+    else:
+        kopf.warn(body, reason=f"Backlog{change.reason}", message=change.message)
+        logger.warning(f"backlog unreadable ({change.reason}): {change.message}")
 
 
 def _scale_event(body: kopf.Body, result: Any, target: str) -> None:
@@ -133,9 +162,11 @@ async def run_autoscaler(
                     logger.warning(message)
                 else:
                     state = result.decision.state
+                    before = status
                     status = step_status(
                         result, status, generation, activation_tasks=policy.activation_tasks
                     )
+                    _readable_event(body, before, status, logger)
                     if result.scaled:
                         _scale_event(body, result, target_name)
                         logger.info(f"scaled {target_name}: {result.decision.reason}")

@@ -84,7 +84,9 @@ async def run_operator(
         peering=peering or "standalone",
         http_port=port,
     )
-    context = OperatorContext(api_config=await load_api_config(), metrics=metrics)
+    context = OperatorContext(
+        api_config=await load_api_config(), metrics=metrics, token=settings.token
+    )
     try:
         await kopf.operator(
             registry=build_registry(peering=peering),

@@ -9,8 +9,10 @@ The rules, in order:
 
 1. **Read failure.** Count it. Below ``failureThreshold`` consecutive
    failures, hold the current count. From then on, go to
-   ``fallbackReplicas`` if set, else keep holding. Never scale to zero on a
-   failure.
+   ``fallbackReplicas`` if set, else keep holding. A *permanent* failure
+   (the server refuses the search: unsupported request kind, refused
+   token) will not heal by waiting, so it goes to ``fallbackReplicas`` at
+   once. Never scale to zero on a failure.
 2. **Recommendation.** ``ceil(backlog / targetTasksPerReplica)``, clamped to
    ``[minReplicas, maxReplicas]``.
 3. **Activation (0 -> 1).** From zero replicas, scale up only when the
@@ -164,25 +166,45 @@ def _step_limit(spec: PolicySpec, current: int) -> int:
 
 
 def decide(
-    spec: PolicySpec, state: PolicyState, now: float, current: int, backlog: int | None
+    spec: PolicySpec,
+    state: PolicyState,
+    now: float,
+    current: int,
+    backlog: int | None,
+    *,
+    permanent: bool = False,
 ) -> Decision:
-    """Apply the rules in the module docstring."""
+    """Apply the rules in the module docstring.
+
+    ``permanent`` (only meaningful with ``backlog=None``) marks a failure that
+    retrying cannot fix: the fallback applies from the first one.
+    """
     if backlog is None:
         failures = state.consecutive_failures + 1
         carried = replace(state, consecutive_failures=failures)
-        if failures >= spec.failure_threshold and spec.fallback_replicas is not None:
+        threshold = 1 if permanent else spec.failure_threshold
+        if failures >= threshold and spec.fallback_replicas is not None:
+            why = (
+                "backlog unreadable (the server refuses the search)"
+                if permanent
+                else f"backlog unreadable {failures} times in a row"
+            )
             return Decision(
                 spec.fallback_replicas,
-                f"backlog unreadable {failures} times in a row: fallback to "
-                f"{spec.fallback_replicas}",
+                f"{why}: fallback to {spec.fallback_replicas}",
                 carried,
                 fallback=True,
             )
+        why = (
+            "backlog unreadable (the server refuses the search)"
+            if permanent
+            else f"backlog unreadable ({failures} in a row)"
+        )
         return Decision(
             spec.clamp(current),
-            f"backlog unreadable ({failures} in a row): holding {spec.clamp(current)}",
+            f"{why}: holding {spec.clamp(current)}",
             carried,
-            fallback=failures >= spec.failure_threshold,
+            fallback=failures >= threshold,
         )
 
     active = backlog > 0 and backlog >= spec.activation_tasks

@@ -74,6 +74,11 @@ AUTOSCALER_CURRENT_NAME = PREFIX + "autoscaler_current_replicas"
 AUTOSCALER_SCALES_NAME = PREFIX + "autoscaler_scale_events_total"
 #: Failed attempts to read the backlog from the Resonate server.
 AUTOSCALER_READ_FAILURES_NAME = PREFIX + "autoscaler_backlog_read_failures_total"
+#: Backlog reads the server refused in a way retrying cannot fix, by reason.
+AUTOSCALER_CAPABILITY_ERRORS_NAME = PREFIX + "autoscaler_backlog_capability_errors_total"
+#: Label values of ``reason`` on the capability-error counter: the search kind is
+#: unknown to the server (or 404/501), the token was refused (401), or it may not search (403).
+AUTOSCALER_CAPABILITY_REASONS = ("unsupported", "unauthorized", "forbidden")
 
 Outcome = Literal["resolved", "rejected", "suspended", "retried"]
 #: Why a heartbeat failed: an error status from the server (``rejected``;
@@ -215,8 +220,9 @@ class WorkerMetrics:
         )
         self.stream_reconnects = Counter(
             STREAM_RECONNECTS_NAME,
-            "Times the event stream was opened again after it closed, failed or went silent.",
-            ["group"],
+            "Times the event stream was opened again, by why the previous one ended: idle "
+            "(silent past the read timeout), closed (by the server) or error.",
+            ["group", "cause"],
             registry=r,
         )
         self.heartbeat_failures = Counter(
@@ -236,7 +242,8 @@ class WorkerMetrics:
         self.tasks_redelivered.labels(group)
         self.worker_ready.labels(group).set(0)
         self.stream_connected.labels(group).set(0)
-        self.stream_reconnects.labels(group)
+        for cause in ("idle", "closed", "error"):
+            self.stream_reconnects.labels(group, cause)
         for reason in ("rejected", "unreachable"):
             self.heartbeat_failures.labels(group, reason)
 
@@ -282,11 +289,11 @@ class WorkerMetrics:
         """Record the deepest execution seen under a root that just resolved."""
         self.root_max_depth.labels(function, self.group).observe(max_depth)
 
-    def stream_state(self, *, connected: bool, reconnect: bool = False) -> None:
-        """Record the event stream opening (``reconnect`` when not the first time) or closing."""
+    def stream_state(self, connected: bool, cause: str | None = None) -> None:
+        """Record the event stream opening or closing; ``cause``: why the previous one ended."""
         self.stream_connected.labels(self.group).set(1 if connected else 0)
-        if reconnect:
-            self.stream_reconnects.labels(self.group).inc()
+        if cause is not None:
+            self.stream_reconnects.labels(self.group, cause).inc()
 
     def heartbeat_failed(self, reason: HeartbeatFailure) -> None:
         """Count one heartbeat request that extended no lease."""
@@ -337,7 +344,7 @@ def metric_docs() -> list[MetricDoc]:
 def operator_metric_docs() -> list[MetricDoc]:
     """Describe every metric the autoscaling operator exports."""
     m = OperatorMetrics()
-    return _docs([m.backlog, m.desired, m.current, m.scales, m.read_failures])
+    return _docs([m.backlog, m.desired, m.current, m.scales, m.read_failures, m.capability_errors])
 
 
 def _table(docs: list[MetricDoc]) -> str:
@@ -396,12 +403,21 @@ class OperatorMetrics:
             keys,
             registry=r,
         )
+        self.capability_errors = Counter(
+            AUTOSCALER_CAPABILITY_ERRORS_NAME,
+            "Backlog reads the Resonate server refused in a way retrying cannot fix "
+            "(also counted as read failures), by reason (unsupported, unauthorized, forbidden).",
+            [*keys, "reason"],
+            registry=r,
+        )
 
     def ensure(self, namespace: str, name: str, group: str) -> None:
         """Create an autoscaler's counters at 0, so rates and alerts see them from the start."""
         self.read_failures.labels(namespace, name, group)
         for direction in ("up", "down"):
             self.scales.labels(namespace, name, group, direction)
+        for reason in AUTOSCALER_CAPABILITY_REASONS:
+            self.capability_errors.labels(namespace, name, group, reason)
 
     def observed(
         self, namespace: str, name: str, group: str, *, pending: int, acquired: int
@@ -425,6 +441,14 @@ class OperatorMetrics:
     def read_failed(self, namespace: str, name: str, group: str) -> None:
         self.read_failures.labels(namespace, name, group).inc()
 
+    def capability_error(self, namespace: str, name: str, group: str, *, reason: str) -> None:
+        """Count a refused read (``reason``: Unsupported, Unauthorized or Forbidden)."""
+        value = reason.lower()
+        if value not in AUTOSCALER_CAPABILITY_REASONS:
+            msg = f"unknown capability error reason {reason!r}"
+            raise ValueError(msg)
+        self.capability_errors.labels(namespace, name, group, value).inc()
+
     def forget(self, namespace: str, name: str, group: str) -> None:
         """Drop an autoscaler's series when it is deleted."""
         for metric in (self.desired, self.current, self.read_failures):
@@ -436,3 +460,6 @@ class OperatorMetrics:
         for direction in ("up", "down"):
             with contextlib.suppress(KeyError):
                 self.scales.remove(namespace, name, group, direction)
+        for reason in AUTOSCALER_CAPABILITY_REASONS:
+            with contextlib.suppress(KeyError):
+                self.capability_errors.remove(namespace, name, group, reason)

@@ -11,12 +11,16 @@ things a real API server does and that kopf or kubernetes clients rely on;
 * ``generateName`` (kopf posts every Event with it);
 * a real ``/scale`` view of Deployments (kmock would merge a Scale body into
   the Deployment and return the whole Deployment on GET);
-* 415 for a dict body sent as a JSON patch, as a real API server answers.
+* 415 for a dict body sent as a JSON patch, as a real API server answers;
+* 422 for a WorkerAutoscaler status write the shipped CRD's schema rejects
+  (e.g. a condition type outside its enum), as a real API server answers:
+  without it a status the cluster refuses would pass every test here.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import uuid
 from pathlib import Path
@@ -24,6 +28,7 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
+import jsonschema
 import kmock
 import yaml
 
@@ -67,6 +72,15 @@ class Emulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = str(next(_versions))
         elif request.resource is not None and request.action == kmock.action.UPDATE:
             content_type = request.headers.get("Content-Type", "")
+            if (
+                request.resource.group == GROUP
+                and request.resource.plural == PLURAL
+                and request.subresource == "status"
+                and isinstance(data, dict)
+            ):
+                problems = status_problems(data.get("status"))
+                if problems:
+                    raise kmock.KubernetesError(422, "Invalid", "; ".join(problems))
             if isinstance(data, dict) and "json-patch" in content_type:
                 # A real API server rejects this; kubernetes_asyncio's CustomObjectsApi does
                 # exactly this for dict bodies unless _content_type= is passed.
@@ -117,6 +131,31 @@ class Emulator(kmock.KubernetesEmulator):
                 "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             },
         }
+
+
+@functools.cache
+def _status_validator() -> jsonschema.protocols.Validator:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return jsonschema.Draft7Validator(schema)  # type, enum, required, items: what is used
+
+
+def _drop_nulls(value: Any) -> Any:
+    """A merge patch's ``null`` deletes the field: it is never stored or validated."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def status_problems(status: Any) -> list[str]:
+    """Why the shipped CRD's schema rejects this status merge patch (empty: it accepts)."""
+    if status is None:
+        return []
+    return [
+        f"status.{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in _status_validator().iter_errors(_drop_nulls(status))
+    ]
 
 
 def _now() -> str:

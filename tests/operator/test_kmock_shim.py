@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from kubernetes_asyncio import client as k8s
 
+from service.operator.kube import patch_status
+from service.operator.status import CONDITION_TYPES
 from tests.operator.kmock_shim import (
+    CRD_PATH,
     DEPLOYMENTS,
     EVENTS,
     GROUP,
@@ -132,3 +136,42 @@ async def test_emulator_basics(k8s_emulator: Emulator, api_config: k8s.Configura
     assert dep["metadata"]["resourceVersion"] != rv_before
     assert [v["spec"]["replicas"] for v in dep.history if v is not None] == [1, 3, 2]
     assert dep["kind"] == "Deployment"  # the Scale's kind/apiVersion did not leak into it
+
+
+async def test_status_write__outside_the_crd_schema__422_like_an_api_server(
+    k8s_emulator: Emulator, api_config: k8s.Configuration
+) -> None:
+    await seed(k8s_emulator)
+    async with k8s.ApiClient(api_config) as api:
+        custom = k8s.CustomObjectsApi(api)
+        good = {
+            "desiredReplicas": 2,
+            "lastScaleTime": None,  # a merge patch's null deletes: never validated
+            "conditions": [{"type": "Ready", "status": "True", "reason": "BacklogRead"}],
+        }
+        await patch_status(custom, NS, "wa1", good)
+        with pytest.raises(k8s.ApiException) as caught:
+            await patch_status(
+                custom, NS, "wa1", {"conditions": [{"type": "Sleepy", "status": "True"}]}
+            )
+        assert caught.value.status == 422
+        with pytest.raises(k8s.ApiException) as caught:
+            await patch_status(custom, NS, "wa1", {"desiredReplicas": "two"})
+        assert caught.value.status == 422
+    stored = k8s_emulator.objects[WA, NS, "wa1"]["status"]
+    assert stored["desiredReplicas"] == 2
+    assert [c["type"] for c in stored["conditions"]] == ["Ready"]
+
+
+def test_condition_types__every_one_the_operator_writes__allowed_by_the_shipped_crd() -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
+    conditions = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"][
+        "conditions"
+    ]
+    allowed = conditions["items"]["properties"]["type"]["enum"]
+    missing = [t for t in CONDITION_TYPES if t not in allowed]
+    assert not missing, (
+        f"{CRD_PATH.name} must allow condition types {missing}: "
+        "a real API server rejects the whole status otherwise"
+    )

@@ -2,7 +2,9 @@
 
 Every test runs the operator's own handlers (``build_registry``) with its own
 loop, reading backlogs from a live local server over HTTP and scaling a
-Deployment through kmock's emulated ``/scale`` subresource.
+Deployment through kmock's emulated ``/scale`` subresource. The capability
+tests read from :class:`~tests.operator.search_server.SearchServer` instead,
+which refuses searches over HTTP exactly as the official server v0.9.8 does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from tests.operator.kmock_shim import (
     Emulator,
     declare_resources,
 )
+from tests.operator.search_server import SearchServer
 
 pytestmark = pytest.mark.kmock(cls=Emulator)
 
@@ -190,12 +193,20 @@ class Cluster:
     def status(self, autoscaler: str) -> dict[str, Any]:
         return dict(self.emulator.objects[WA, NS, autoscaler].get("status") or {})
 
-    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+    def events(self, reason: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """Events in the namespace, by ``reason`` and ``kind`` (``Normal``/``Warning``)."""
         return [
             dict(obj)
             for (res, ns, _), obj in self.emulator.objects.items()
-            if res == EVENTS and ns == NS and (reason is None or obj.get("reason") == reason)
+            if res == EVENTS
+            and ns == NS
+            and (reason is None or obj.get("reason") == reason)
+            and (kind is None or obj.get("type") == kind)
         ]
+
+    def condition(self, autoscaler: str, kind: str) -> dict[str, Any]:
+        conds = self.status(autoscaler).get("conditions") or []
+        return dict(next((c for c in conds if c.get("type") == kind), {}))
 
     async def patch(self, path: str, body: dict[str, Any]) -> None:
         resp = await self.emulator.patch(
@@ -265,7 +276,7 @@ def operator_main(
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    cluster: Cluster, *, peering: str | None = None, priority: int = 0
+    cluster: Cluster, *, peering: str | None = None, priority: int = 0, token: str | None = None
 ) -> AsyncIterator[OperatorContext]:
     """The operator's handlers running in this loop against the emulator.
 
@@ -274,7 +285,7 @@ async def running_operator(
     fixture's teardown runs in such a task.
     """
     context = OperatorContext(
-        api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
+        api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL, token=token
     )
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
@@ -325,6 +336,7 @@ async def test_backlog_grows__replicas_rise_with_event_and_status_then_fall_afte
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
         assert conditions == {
             "Ready": "True",
+            "BacklogReadable": "True",
             "Active": "True",
             "Fallback": "False",
             "Paused": "False",
@@ -565,3 +577,139 @@ async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
     finally:
         stop_standby.set()
         await asyncio.to_thread(thread.join, 15)
+
+
+@pytest.fixture
+def search_server() -> Iterator[SearchServer]:
+    server = SearchServer().start()
+    yield server
+    server.stop()
+
+
+async def test_server_refuses_task_search__condition_one_warning_metric_held_then_recovers(
+    cluster: Cluster, search_server: SearchServer
+) -> None:
+    search_server.task_search = False  # answered 400 "Unknown operation: task.search"
+    search_server.promises = {f"r-{i}": "refused" for i in range(2)}
+    async with running_operator(cluster) as operator:
+        # minReplicas 0 and a small backlog: only the refusal stands between 3 and fewer.
+        await cluster.create_group("refused", 3, search_server.url, minReplicas=0)
+        await until(
+            lambda: cluster.status("refused").get("consecutiveFailures", 0) >= 5,
+            what="five refused polls",
+        )
+        readable = cluster.condition("refused", "BacklogReadable")
+        assert (readable["status"], readable["reason"]) == ("False", "Unsupported")
+        assert readable["message"] == (
+            f"the server does not support task.search: task.search on {search_server.url} "
+            "answered 400 'Unknown operation: task.search' "
+            "(backlog-based scaling needs promise.search and task.search)"
+        )
+        ready = cluster.condition("refused", "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "Unsupported")
+        assert cluster.replicas("refused") == 3, "held, never scaled toward zero"
+        assert cluster.status("refused")["currentReplicas"] == 3
+        await until(lambda: bool(cluster.events("BacklogUnsupported")), what="Warning event")
+        [warning] = cluster.events("BacklogUnsupported")
+        assert warning["type"] == "Warning"
+        assert warning["involvedObject"]["name"] == "refused"
+        assert "Unknown operation: task.search" in warning["message"]
+        labels = {"autoscaler": "refused", "group": "refused"}
+        refused = sample(
+            operator,
+            "resonate_patterns_autoscaler_backlog_capability_errors_total",
+            reason="unsupported",
+            **labels,
+        )
+        assert refused >= 5
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_backlog_read_failures_total",
+                **labels,
+            )
+            == refused
+        ), "a refusal is also a failed read"
+        for other in ("unauthorized", "forbidden"):
+            assert (
+                sample(
+                    operator,
+                    "resonate_patterns_autoscaler_backlog_capability_errors_total",
+                    reason=other,
+                    **labels,
+                )
+                == 0
+            )
+        assert len(search_server.requests("task.search")) >= 5
+
+        # The server learns task.search: reads work, the condition flips, the policy scales.
+        search_server.promises = {f"r-{i}": "refused" for i in range(8)}
+        search_server.task_search = True
+        await until(
+            lambda: cluster.condition("refused", "BacklogReadable").get("status") == "True",
+            what="readable again",
+        )
+        await until(lambda: cluster.replicas("refused") == 4, what="backlog 8 -> 4 replicas")
+        await until(lambda: bool(cluster.events("BacklogReadable")), what="recovery event")
+        [recovered] = cluster.events("BacklogReadable")
+        assert recovered["type"] == "Normal"
+        assert len(cluster.events("BacklogUnsupported")) == 1, "one Warning per change"
+        assert cluster.status("refused")["consecutiveFailures"] == 0
+        assert cluster.condition("refused", "Ready")["reason"] == "BacklogRead"
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_backlog_capability_errors_total",
+                reason="unsupported",
+                **labels,
+            )
+            >= refused
+        )
+
+
+async def test_server_refuses_the_token__fallback_at_once_not_after_threshold(
+    cluster: Cluster,
+) -> None:
+    server = SearchServer(token="the-right-token").start()
+    server.promises = {f"t-{i}": "tokened" for i in range(10)}
+    try:
+        async with running_operator(cluster, token="a-wrong-token") as operator:
+            await cluster.create_group(
+                "tokened", 4, server.url, fallbackReplicas=2, failureThreshold=10
+            )
+            await until(lambda: cluster.replicas("tokened") == 2, what="fallback replicas")
+            assert cluster.status("tokened").get("consecutiveFailures", 0) < 10, (
+                "a refusal falls back at once; it does not wait for failureThreshold"
+            )
+            await until(
+                lambda: (
+                    cluster.condition("tokened", "BacklogReadable").get("reason") == "Unauthorized"
+                ),
+                what="condition",
+            )
+            message = cluster.condition("tokened", "BacklogReadable")["message"]
+            assert message.startswith("the server refused the token: task.search on ")
+            assert "answered 401 'Unauthorized'" in message
+            await until(lambda: bool(cluster.events("BacklogUnauthorized")), what="Warning")
+            await until(
+                lambda: cluster.status("tokened").get("consecutiveFailures", 0) >= 4,
+                what="more refused polls",
+            )
+            assert len(cluster.events("BacklogUnauthorized", kind="Warning")) == 1
+            assert cluster.replicas("tokened") == 2
+            assert (
+                sample(
+                    operator,
+                    "resonate_patterns_autoscaler_backlog_capability_errors_total",
+                    reason="unauthorized",
+                    autoscaler="tokened",
+                    group="tokened",
+                )
+                >= 4
+            )
+            seen = server.requests("task.search")
+            assert {(s.head_auth, s.authorization) for s in seen} == {
+                ("a-wrong-token", "Bearer a-wrong-token")
+            }
+    finally:
+        server.stop()

@@ -14,7 +14,8 @@ from service.config import load_settings
 from service.operator.main import run_operator, watch_scope
 from service.stack import free_port
 from tests.conftest import wait_until_ok
-from tests.operator.kmock_shim import NS, Emulator, declare_resources
+from tests.operator.kmock_shim import GROUP, NS, PLURAL, VERSION, Emulator, declare_resources
+from tests.operator.search_server import SearchServer
 
 pytestmark = pytest.mark.kmock(cls=Emulator)
 
@@ -31,9 +32,8 @@ def test_watch_scope__flags_then_env_then_own_namespace() -> None:
     assert watch_scope(load_settings({}), None, False) == (False, ["default"])
 
 
-async def test_run_operator__kubeconfig_login_health_ready_and_metrics(
-    kmock: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def use_kubeconfig(kmock: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the operator's (and kopf's) kubeconfig at the emulator."""
     declare_resources(kmock)
     kubeconfig = {
         "apiVersion": "v1",
@@ -52,6 +52,12 @@ async def test_run_operator__kubeconfig_login_health_ready_and_metrics(
     monkeypatch.setattr(
         "kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(path)
     )
+
+
+async def test_run_operator__kubeconfig_login_health_ready_and_metrics(
+    kmock: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_kubeconfig(kmock, tmp_path, monkeypatch)
     port = free_port()
     settings = load_settings(
         {
@@ -85,3 +91,59 @@ async def test_run_operator__kubeconfig_login_health_ready_and_metrics(
     listed = [r for r in kmock if "workerautoscalers" in str(r.url)]
     assert listed
     assert all(r.headers.get("Authorization") == "Bearer test-token" for r in listed)
+
+
+async def test_run_operator__resonate_token_from_settings__in_head_auth_and_bearer(
+    kmock: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_kubeconfig(kmock, tmp_path, monkeypatch)
+    server = SearchServer(token="jwt-from-settings").start()
+    server.promises = {"p-1": "tokened"}
+    settings = load_settings(
+        {
+            "RESONATE_TOKEN": "jwt-from-settings",
+            "RESONATE_PATTERNS_HTTP_HOST": "127.0.0.1",
+            "RESONATE_PATTERNS_HTTP_PORT": str(free_port()),
+            "RESONATE_PATTERNS_OPERATOR_PEERING": "standalone",
+        }
+    )
+    labels = {"app": "tokened"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "tokened", "namespace": NS, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {}},
+    }
+    autoscaler = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "WorkerAutoscaler",
+        "metadata": {"name": "tokened", "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"name": "tokened"},
+            "resonateUrl": server.url,
+            "group": "tokened",
+            "pollingIntervalSeconds": 1,
+        },
+    }
+    for path, body in (
+        (f"/apis/apps/v1/namespaces/{NS}/deployments", deployment),
+        (f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", autoscaler),
+    ):
+        resp = await kmock.post(path, json=body)
+        assert resp.status == 200, await resp.text()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_operator(settings, namespace=NS, stop=stop))
+    try:
+        for _ in range(300):
+            if server.requests("promise.search"):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        server.stop()
+    searches = server.requests("task.search") + server.requests("promise.search")
+    assert server.requests("promise.search"), "the operator never read the backlog"
+    assert {(s.head_auth, s.authorization) for s in searches} == {
+        ("jwt-from-settings", "Bearer jwt-from-settings")
+    }

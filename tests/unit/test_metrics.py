@@ -96,7 +96,17 @@ def test_docs__metrics_tables_match_definitions() -> None:
 def test_labels__bounded_sets_only() -> None:
     from service.telemetry.metrics import metric_docs
 
-    allowed = {"function", "group", "kind", "outcome", "version", "pid", "os_pid"}
+    allowed = {
+        "function",
+        "group",
+        "kind",
+        "outcome",
+        "version",
+        "pid",
+        "os_pid",
+        "cause",
+        "reason",
+    }
     for doc in metric_docs():
         assert set(doc.labels) <= allowed, doc.name
         assert doc.name.startswith("resonate_patterns_")
