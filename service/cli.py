@@ -112,10 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave a disconnected worker's tasks to lease expiry instead of releasing them",
     )
     server.add_argument(
-        "--retry-ms", type=int, default=None, help="resend pending tasks this often (30000)"
+        "--retry-ms",
+        type=int,
+        default=None,
+        help="re-send the execute of a task nobody acquired this often, in ms "
+        "(default: RESONATE_TASKS__RETRY_TIMEOUT, else 30000 like the official server)",
+    )
+    server.add_argument(
+        "--no-resend-on-close",
+        action="store_true",
+        help="leave work written to a stream that closed unacquired to the retry timer "
+        "instead of re-sending it at once (the official server's behaviour)",
     )
     server.add_argument(
         "--keepalive-seconds", type=float, default=15.0, help="idle stream ping interval (15)"
+    )
+    server.add_argument(
+        "--auth-public-key",
+        "--auth-publickey",
+        dest="auth_public_key",
+        metavar="PEM",
+        help="verify JWTs with this public key (RSA, EC or Ed25519 PEM; 'none': unsigned "
+        "mode) like the official server; default RESONATE_AUTH__PUBLICKEY, else auth off",
+    )
+    server.add_argument(
+        "--auth-iss", metavar="ISS", help="required iss claim (default RESONATE_AUTH__ISS)"
+    )
+    server.add_argument(
+        "--auth-aud", metavar="AUD", help="required aud claim (default RESONATE_AUTH__AUD)"
     )
 
     up = sub.add_parser("up", help="run the local stack: server plus a worker group")
@@ -240,20 +264,28 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from service.devserver.server import ServerOptions, serve
+    from service.devserver.auth import Verifier, auth_options
+    from service.devserver.server import ServerOptions, retry_ms_from_env, serve
 
     setup_logging(settings.log_level, settings.log_format)
     if not 0 <= ns.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
     if ns.retry_ms is not None and ns.retry_ms < 1:
         raise UsageError("--retry-ms must be at least 1")
+    if ns.keepalive_seconds <= 0:
+        raise UsageError("--keepalive-seconds must be positive")
+    retry_ms = ns.retry_ms if ns.retry_ms is not None else retry_ms_from_env(os.environ)
+    auth = auth_options(ns.auth_public_key, ns.auth_iss, ns.auth_aud, os.environ)
     data = ns.data if ns.data is not None else str(Path(settings.data_dir) / "server.db")
     options = ServerOptions(
         data=data,
         fsync=ns.fsync,
         release_on_disconnect=not ns.no_release_on_disconnect,
+        resend_on_close=not ns.no_resend_on_close,
         keepalive_seconds=ns.keepalive_seconds,
-        retry_ms=ns.retry_ms,
+        retry_ms=retry_ms,
+        # Loaded before the loop starts, so a bad key file is one line, not a traceback.
+        auth=Verifier.load(auth) if auth is not None else None,
     )
 
     async def run() -> None:

@@ -25,9 +25,10 @@ from service.devserver.store import MEMORY, Batch, Store
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from service.devserver.metrics import ServerMetrics
+    from service.devserver.state import Gate
 
 #: Longest the clock loop sleeps; bounds how late a deadline can fire.
 MAX_TICK_SECONDS = 0.1
@@ -46,6 +47,7 @@ class Engine:
         clock: Callable[[], int] = now_ms,
         metrics: ServerMetrics | None = None,
         release_leases_on_start: bool = False,
+        gate: Gate | None = None,
     ) -> None:
         self.state = ServerState() if retry_ms is None else ServerState(retry_ms=retry_ms)
         self.store: Store | None = None if data == MEMORY else Store(data, fsync=fsync)
@@ -53,6 +55,8 @@ class Engine:
         self._clock = clock
         self._metrics = metrics
         self._release_on_start = release_leases_on_start
+        #: Access check on every request (the HTTP server's JWT auth), or None.
+        self._gate = gate
         self._applied = 0
         self._durable = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -96,7 +100,7 @@ class Engine:
     async def request(self, envelope: Any) -> dict[str, Any]:
         """Apply one request; return its reply once the change is durable."""
         started = time.perf_counter()
-        reply = self.state.handle(self._clock(), envelope)
+        reply = self.state.handle(self._clock(), envelope, self._gate)
         await self._settle_effects()
         if self._metrics is not None:
             self._metrics.observe_request(
@@ -109,6 +113,12 @@ class Engine:
         released = self.state.release_pid(self._clock(), pid)
         await self._settle_effects()
         return released
+
+    async def resend_unacquired(self, sent: Iterable[tuple[str, int]]) -> list[str]:
+        """Re-send each ``execute`` (task id, version) whose task is still not acquired."""
+        resent = self.state.resend_unacquired(self._clock(), sent)
+        await self._settle_effects()
+        return resent
 
     async def _settle_effects(self) -> None:
         """Make the state's pending changes durable, then deliver its messages."""

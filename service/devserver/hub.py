@@ -9,6 +9,12 @@ and relies on a 30 s resend, a message with no recipient is kept: per group
 for anycast (one ``execute`` per task, the newest), per process for unicast
 (bounded), and delivered when a member connects. A message queued on a
 connection that closes before it was written is routed again.
+
+Each connection also remembers the ``execute`` messages it has written
+(:attr:`Connection.written`), so that when the stream closes the server can
+send again, at once, those whose task nobody acquired
+(:meth:`~service.devserver.state.ServerState.resend_unacquired`) instead of
+leaving them to the retry timer.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from service.devserver.addresses import parse_address
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.devserver.metrics import ServerMetrics
     from service.devserver.state import Outgoing
 
@@ -30,6 +38,10 @@ if TYPE_CHECKING:
 MAX_HELD_PER_PID = 1000
 #: Most disconnected processes messages are kept for.
 MAX_HELD_PIDS = 1000
+#: Written ``execute`` messages a stream remembers before it forgets those
+#: already acquired (the threshold then doubles with what is left, so the
+#: pruning costs O(1) per message).
+WRITTEN_PRUNE_AT = 256
 
 _ids = itertools.count(1)
 
@@ -42,6 +54,24 @@ class Connection:
     pid: str
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     id: int = field(default_factory=lambda: next(_ids))
+    #: task id -> version of each ``execute`` written to this stream whose task
+    #: may not have been acquired yet (pruned as they are).
+    written: dict[str, int] = field(default_factory=dict)
+    _prune_at: int = WRITTEN_PRUNE_AT
+
+    def wrote(self, message: dict[str, Any], unacquired: Callable[[str, int], bool]) -> None:
+        """Remember that ``message`` went out on this stream, if it is an ``execute``.
+
+        ``unacquired(task_id, version)`` tells which remembered messages still
+        matter; it is asked only when the record grows past a threshold.
+        """
+        ref = execute_ref(message)
+        if ref is None:
+            return
+        self.written[ref[0]] = ref[1]
+        if len(self.written) >= self._prune_at:
+            self.written = {t: v for t, v in self.written.items() if unacquired(t, v)}
+            self._prune_at = max(WRITTEN_PRUNE_AT, 2 * len(self.written))
 
 
 def _message_kind(message: dict[str, Any]) -> str:
@@ -50,11 +80,19 @@ def _message_kind(message: dict[str, Any]) -> str:
 
 
 def _task_id(message: dict[str, Any]) -> str | None:
+    ref = execute_ref(message)
+    return ref[0] if ref is not None else None
+
+
+def execute_ref(message: dict[str, Any]) -> tuple[str, int] | None:
+    """(task id, version) of an ``execute`` message; None for any other message."""
     if message.get("kind") != "execute":
         return None
     task = message.get("data", {}).get("task", {})
-    tid = task.get("id")
-    return tid if isinstance(tid, str) else None
+    tid, version = task.get("id"), task.get("version")
+    if not isinstance(tid, str) or isinstance(version, bool) or not isinstance(version, int):
+        return None
+    return tid, version
 
 
 class Hub:

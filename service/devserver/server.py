@@ -10,9 +10,16 @@ Routes (the official server's, plus health and metrics on the same port):
 * ``GET /poll/{group}/{pid}`` — Server-Sent Events: one ``data:`` line per
   message, ``: ping`` comments while idle. When a process's last stream
   closes, the tasks it holds are released at once (``--no-release-on-disconnect``
-  turns that off and leaves them to lease expiry).
+  turns that off and leaves them to lease expiry), and every ``execute`` that
+  stream had written whose task is still not acquired is sent again at once
+  (``--no-resend-on-close`` leaves those to the retry timer, ``--retry-ms``,
+  30 s by default like the official ``tasks.retry_timeout``).
 * ``GET /healthz`` ``/readyz`` ``/metrics`` (``/health`` and ``/ready`` too,
-  as on the official server).
+  as on the official server); always open.
+
+With a public key (``--auth-public-key``), ``POST /`` needs a JWT in
+``head.auth`` and ``/poll`` one in ``Authorization: Bearer``, checked as the
+official server checks them (:mod:`service.devserver.auth`).
 """
 
 from __future__ import annotations
@@ -21,18 +28,26 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
+from service.devserver.auth import UNAUTHORIZED, Verifier
 from service.devserver.engine import Engine
 from service.devserver.fastpath import ApiFastPath
 from service.devserver.hub import Hub
 from service.devserver.metrics import ServerMetrics
 from service.devserver.state import reply
 from service.devserver.store import MEMORY
+from service.errors import ConfigError
 from service.telemetry.http import add_health_routes
 from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from service.devserver.hub import Connection
 
 #: Largest request body accepted (a promise value is base64 JSON; 10 MiB is plenty).
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -41,17 +56,30 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,252}$")
 _JSON = "application/json"
 #: How long ``stop`` waits for requests already being answered.
 _STOP_GRACE_SECONDS = 5.0
+#: The official server's variable for the retry timeout (ms), honoured by ``server``.
+ENV_RETRY_TIMEOUT = "RESONATE_TASKS__RETRY_TIMEOUT"
+#: Most task ids listed in one ``worker_disconnected`` log event.
+_LOGGED_IDS = 100
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     """How a local server runs (see ``resonate-patterns server --help``)."""
 
+    #: SQLite file of the store, or ``:memory:``.
     data: str = MEMORY
+    #: fsync every commit.
     fsync: bool = False
+    #: Release a process's leases as soon as its last stream closes.
     release_on_disconnect: bool = True
+    #: Re-send at once the unacquired ``execute`` messages of a stream that closed.
+    resend_on_close: bool = True
+    #: Idle stream ping interval.
     keepalive_seconds: float = 15.0
+    #: Pending tasks' execute resend period in ms (None: 30000, the official default).
     retry_ms: int | None = None
+    #: JWT verification of every request and stream (None: auth off, all accepted).
+    auth: Verifier | None = None
 
 
 class DevServer:
@@ -61,12 +89,14 @@ class DevServer:
         self.options = options or ServerOptions()
         self.metrics = ServerMetrics()
         self.hub = Hub(self.metrics)
+        self.auth = self.options.auth
         self.engine = Engine(
             data=self.options.data,
             fsync=self.options.fsync,
             deliver=self.hub.deliver,
             retry_ms=self.options.retry_ms,
             metrics=self.metrics,
+            gate=self.auth.check_request if self.auth is not None else None,
         )
         self.metrics.watch_state(lambda: self.engine.state, self.hub.connected)
         self.ready = False
@@ -108,6 +138,9 @@ class DevServer:
             port=self.port,
             data=self.options.data,
             release_on_disconnect=self.options.release_on_disconnect,
+            resend_on_close=self.options.resend_on_close,
+            retry_ms=self.engine.state.retry_ms,
+            auth=_auth_mode(self.auth),
         )
         return self.port
 
@@ -159,6 +192,12 @@ class DevServer:
 
     async def _poll(self, request: web.Request) -> web.StreamResponse:
         group, pid = request.match_info["group"], request.match_info["pid"]
+        # Authenticated before anything else, as on the official server; a
+        # stream is never authorized by prefix (any valid token may listen).
+        if self.auth is not None and not self.auth.check_stream(
+            request.headers.get("Authorization")
+        ):
+            return web.Response(status=401, text=UNAUTHORIZED)
         if not _NAME_RE.match(group) or not _NAME_RE.match(pid):
             return web.json_response(
                 {"error": "group and pid must be 1-253 URL-safe characters"}, status=400
@@ -170,6 +209,7 @@ class DevServer:
         conn = self.hub.connect(group, pid)
         self._log.info("worker_connected", group=conn.group, pid=pid)
         keepalive = self.options.keepalive_seconds
+        unacquired = self.engine.state.still_unacquired
         try:
             while True:
                 try:
@@ -182,18 +222,64 @@ class DevServer:
                 except BaseException:
                     conn.queue.put_nowait(message)  # routed again on disconnect
                     raise
+                conn.wrote(message, unacquired)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self.hub.disconnect(conn)
-            released: list[str] = []
-            if self.options.release_on_disconnect and not self.hub.has_pid(pid):
-                with contextlib.suppress(Exception):
-                    released = await asyncio.shield(self.engine.release_pid(pid))
-            self._log.info(
-                "worker_disconnected", group=conn.group, pid=pid, released_tasks=len(released)
-            )
+            await self._stream_closed(conn)
         return response
+
+    async def _stream_closed(self, conn: Connection) -> None:
+        """Clean up after a stream: release its process's leases, re-send its unacquired work.
+
+        Both only when it was the process's last stream: a process that still
+        has another stream open is alive, holds its leases and has read (or
+        will be re-sent by the timer) what it was sent.
+        """
+        self.hub.disconnect(conn)
+        released: list[str] = []
+        resent: list[str] = []
+        gone = not self.hub.has_pid(conn.pid)
+        if gone and self.options.release_on_disconnect:
+            with contextlib.suppress(Exception):
+                released = await asyncio.shield(self.engine.release_pid(conn.pid))
+        # Tasks released above were acquired (a newer version), so they are
+        # not among these; what is left was written and never acquired.
+        state = self.engine.state
+        stranded = [(t, v) for t, v in conn.written.items() if state.still_unacquired(t, v)]
+        if gone and stranded and self.options.resend_on_close:
+            with contextlib.suppress(Exception):
+                resent = await asyncio.shield(self.engine.resend_unacquired(stranded))
+        self._log.info(
+            "worker_disconnected",
+            group=conn.group,
+            pid=conn.pid,
+            released_tasks=len(released),
+            unacquired_tasks=len(stranded),
+            resent_tasks=len(resent),
+            unacquired_task_ids=[t for t, _ in stranded[:_LOGGED_IDS]],
+        )
+
+
+def _auth_mode(auth: Verifier | None) -> str:
+    if auth is None:
+        return "off"
+    return "unsigned" if auth.unsigned else "jwt"
+
+
+def retry_ms_from_env(env: Mapping[str, str]) -> int | None:
+    """``RESONATE_TASKS__RETRY_TIMEOUT`` (ms) if set, as the official server reads it.
+
+    Raises :class:`~service.errors.ConfigError` for a value that is not a
+    positive integer.
+    """
+    raw = env.get(ENV_RETRY_TIMEOUT)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(ENV_RETRY_TIMEOUT, raw, "a positive number of milliseconds")
+    return int(value)
 
 
 async def serve(options: ServerOptions, host: str, port: int, stop: asyncio.Event) -> None:

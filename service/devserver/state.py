@@ -25,18 +25,28 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedSet
 
 from service.connector.sdk import PROTOCOL_VERSION, origin_of
 from service.devserver.addresses import is_routable
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+#: An access check run on every valid envelope before it is applied: takes
+#: (kind, head, data) and returns None to go on, or (status, message) to
+#: refuse the request (the local server's JWT auth, :mod:`service.devserver.auth`).
+type Gate = Callable[[str, dict[str, Any], dict[str, Any]], tuple[int, str] | None]
+
 PROMISE_STATES = ("pending", "resolved", "rejected", "rejected_canceled", "rejected_timedout")
 SETTLE_STATES = ("resolved", "rejected", "rejected_canceled")
 TASK_STATES = ("pending", "acquired", "suspended", "halted", "fulfilled")
 #: How often a pending task's execute message is sent again (official default).
 DEFAULT_RETRY_MS = 30_000
+#: The official server's reply to a heartbeat mixing origins (PR #1119, ``src/types.rs``).
+HEARTBEAT_ORIGIN_MESSAGE = "All tasks must belong to the same origin"
 #: Search page size when none is asked for, and the largest allowed.
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 #: Longest promise id accepted (the official server has no limit; this keeps
@@ -265,8 +275,13 @@ class ServerState:
 
     # ------------------------------------------------------------------ entry
 
-    def handle(self, now: int, envelope: Any) -> dict[str, Any]:
-        """Apply one decoded request envelope and return the reply envelope."""
+    def handle(self, now: int, envelope: Any, gate: Gate | None = None) -> dict[str, Any]:
+        """Apply one decoded request envelope and return the reply envelope.
+
+        ``gate`` (auth) runs after the envelope checks and before the kind is
+        looked up, where the official server runs its auth check: a malformed
+        envelope is 400 whatever the token, an unknown kind is 401/403 first.
+        """
         kind, corr = "unknown", "0"
         if isinstance(envelope, dict):
             raw_kind = envelope.get("kind")
@@ -283,6 +298,8 @@ class ServerState:
                 raise Fail(400, "Invalid request envelope: missing 'head.corrId'")
             if not isinstance(head.get("version"), str):
                 raise Fail(400, "Invalid request envelope: missing 'head.version'")
+            if head.get("auth") is not None and not isinstance(head["auth"], str):
+                raise Fail(400, "Invalid request envelope: 'head.auth' must be a string")
             if not isinstance(envelope.get("kind"), str) or envelope["kind"] == "":
                 raise Fail(400, "Missing or invalid 'kind' field — must be a non-empty string")
             data = _data(envelope.get("data"))
@@ -292,6 +309,10 @@ class ServerState:
                     f"Unsupported protocol version '{head['version']}', "
                     f'supported versions: ["{PROTOCOL_VERSION}"]',
                 )
+            if gate is not None:
+                refused = gate(kind, head, data)
+                if refused is not None:
+                    raise Fail(*refused)
             op = _OPS.get(kind)
             if op is None:
                 raise Fail(400, f"Unknown operation: {kind}")
@@ -520,6 +541,32 @@ class ServerState:
         for tid in released:
             self._to_pending(now, self.tasks[tid], dispatch=dispatch)
         return released
+
+    def still_unacquired(self, task_id: str, version: int) -> bool:
+        """Whether an ``execute`` sent for ``task_id`` at ``version`` still awaits an acquire."""
+        t = self.tasks.get(task_id)
+        return t is not None and t.state == "pending" and t.version == version
+
+    def resend_unacquired(self, now: int, sent: Iterable[tuple[str, int]]) -> list[str]:
+        """Send again the ``execute`` of each task still pending at the version it went out with.
+
+        For messages written to a stream that closed before their task was
+        acquired (the process is gone). A task acquired meanwhile has a newer
+        version and is skipped, so a task is never offered twice for one
+        version by this path. The retry timer restarts from now, as after a
+        timed resend. Returns the ids sent again.
+        """
+        resent: list[str] = []
+        for task_id, version in sent:
+            if not self.still_unacquired(task_id, version):
+                continue
+            t = self.tasks[task_id]
+            t.retry_at = now + self.retry_ms
+            self._timer(t.retry_at, t.id)
+            self.dirty_tasks.add(t.id)
+            self._send_execute(t)
+            resent.append(task_id)
+        return resent
 
     def resend_pending(self) -> None:
         """Queue an execute message for every pending task (after a restart)."""
@@ -884,14 +931,29 @@ def _task_fence(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _Resu
 
 
 def _task_heartbeat(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _Result:
+    """Extend the leases ``pid`` still holds; a liveness signal, never an error per task.
+
+    As on the official server from PR #1119 on (``src/types.rs``
+    ``validate_task_heartbeat_data``): an empty list is 400 ``Tasks array must
+    not be empty`` and tasks of more than one origin are 400 ``All tasks must
+    belong to the same origin``; either way no lease is extended. Tasks that
+    are unknown, not acquired, held by another process or at another version
+    are skipped silently.
+    """
     pid = _str(d, "pid")
     tasks = d.get("tasks")
     if not isinstance(tasks, list):
         raise Fail(400, "Invalid request: 'tasks' must be an array")
+    refs: list[tuple[str, Any]] = []
     for ref in tasks:
         ref = _data(ref, "tasks[]")
-        t = s.tasks.get(_id(ref))
-        version = ref.get("version")
+        refs.append((_id(ref), ref.get("version")))
+    if not refs:
+        raise Fail(400, "Tasks array must not be empty")
+    if len({origin_of(tid) for tid, _ in refs}) > 1:
+        raise Fail(400, HEARTBEAT_ORIGIN_MESSAGE)
+    for tid, version in refs:
+        t = s.tasks.get(tid)
         if (
             t is not None
             and t.state == "acquired"

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httptools
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from resonate_base import PROTOCOL_VERSION
 
+from service.devserver.auth import AuthOptions, Verifier
 from service.devserver.server import MAX_BODY_BYTES, DevServer, ServerOptions
 
 pytestmark = pytest.mark.slow
@@ -294,3 +299,44 @@ async def test_a_long_body_is_not_kept_twice(
     await asyncio.sleep(0.2)
     (fast,) = srv._fast
     assert fast._raw == []  # only a request that may be handed off is kept raw
+
+
+async def test_auth__enforced_on_the_fast_path_and_after_the_hand_off_to_aiohttp(
+    tmp_path: Path,
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = tmp_path / "pub.pem"
+    pem.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    srv = DevServer(ServerOptions(auth=Verifier.load(AuthOptions(str(pem)))))
+    port = await srv.start("127.0.0.1", 0)
+    good = jwt.encode({"exp": int(time.time()) + 600, "prefix": ""}, key, algorithm="EdDSA")
+
+    def signed(auth: str | None) -> bytes:
+        body = json.loads(envelope("x"))
+        if auth is not None:
+            body["head"]["auth"] = auth
+        return post(json.dumps(body).encode())
+
+    conn = Conn(*await asyncio.open_connection("127.0.0.1", port))
+    try:
+        # Fast path (the connection's first requests are POST /).
+        await conn.send(signed(None) + signed("bad") + signed(good))
+        await conn.expect(3)
+        # aiohttp path: after a GET, the same connection is served by aiohttp.
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        await conn.expect(4)
+        assert srv._fast == set(), "the connection was handed to aiohttp"
+        await conn.send(signed(None) + signed(good))
+        replies = await conn.expect(6)
+    finally:
+        conn.writer.close()
+        await srv.stop()
+    statuses = [status for status, _, _ in replies]
+    assert statuses == [401, 401, 404, 200, 401, 404]
+    for status, _, body in replies:
+        if status == 401:
+            assert json.loads(body)["data"] == "Unauthorized"

@@ -98,9 +98,7 @@ async def test_soak__worker_and_a_waiting_call_still_work_after_five_minutes(sta
     # past the 300 s after which the SDK's own event stream went deaf.
     stack = await stacks(1, env={"RESONATE_PATTERNS_STEP_DELAY_MS": "10000"})
     items = [str(i) for i in range(1, 32)]
-    code, out, err, seconds = await _call(
-        stack.plan.url, "process_bounded", "1", *items, wait=600
-    )
+    code, out, err, seconds = await _call(stack.plan.url, "process_bounded", "1", *items, wait=600)
     assert (code, err.strip()) == (0, "")
     answer = json.loads(out)
     assert answer["result"] == [i * i for i in range(1, 32)]
