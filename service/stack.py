@@ -385,7 +385,13 @@ async def run_stack(
 
         scaler = asyncio.create_task(
             autoscale_local(
-                stack, autoscale, stop, out, interval=poll_seconds, metrics_port=metrics_port
+                stack,
+                autoscale,
+                stop,
+                out,
+                interval=poll_seconds,
+                metrics_port=metrics_port,
+                token=settings.token,
             )
         )
     try:

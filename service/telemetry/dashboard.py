@@ -137,6 +137,23 @@ WORKER_PANELS: list[Panel] = [
         unit="ops",
     ),
     Panel(
+        "Connection to the Resonate server",
+        "Workers whose event stream is open, stream re-openings by why the previous one "
+        "ended (idle: silent past the read timeout, normal against a server without "
+        "keep-alives; closed; error), and lease heartbeats that extended nothing.",
+        [
+            ("streams open", f"sum({m.STREAM_CONNECTED_NAME}{{{_GROUP}}})"),
+            (
+                "re-opened {{cause}} / s",
+                f"sum by (cause) (rate({m.STREAM_RECONNECTS_NAME}{{{_GROUP}}}{_RATE}))",
+            ),
+            (
+                "heartbeats failed {{reason}} / s",
+                f"sum by (reason) (rate({m.HEARTBEAT_FAILURES_NAME}{{{_GROUP}}}{_RATE}))",
+            ),
+        ],
+    ),
+    Panel(
         "Worker CPU and memory",
         "Process metrics of each worker.",
         [

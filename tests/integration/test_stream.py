@@ -7,12 +7,14 @@ the rest of the suite; ``pytest -m "not soak"`` leaves it out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +23,7 @@ import pytest
 from service.client import invoke
 from service.patterns.registry import pattern
 from tests.conftest import ROOT
-from tests.integration.conftest import scrape, total, worker_url
+from tests.integration.conftest import log_events, scrape, total, worker_url
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +117,52 @@ async def test_soak__worker_and_a_waiting_call_still_work_after_five_minutes(sta
     assert total(samples, CONNECTED) == 1.0
     assert total(samples, RECONNECTS) == 0.0
     assert await _ready(stack) == 200
+
+
+async def test_worker_with_a_refused_token__not_ready_one_error_line_per_attempt_clean_exit(
+    tmp_path: Path,
+) -> None:
+    from service.devserver.auth import AuthOptions, Verifier
+    from service.devserver.server import DevServer, ServerOptions
+    from service.stack import free_port
+    from tests.integration.test_devserver_auth import AUD, ISS, RSA_KEY, public_pem, token
+
+    verifier = Verifier.load(AuthOptions(public_pem(RSA_KEY, tmp_path / "pub.pem"), ISS, AUD))
+    server = DevServer(ServerOptions(auth=verifier))
+    port = await server.start("127.0.0.1", 0)
+    http_port = free_port()
+    log = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "RESONATE_URL": f"http://127.0.0.1:{port}",
+        "RESONATE_TOKEN": token(prefix="", exp=int(time.time()) - 3600),  # expired
+        "RESONATE_PATTERNS_HTTP_PORT": str(http_port),
+        "RESONATE_PATTERNS_LOG_FORMAT": "json",
+    }
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "worker", cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    try:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{http_port}/readyz") as resp:
+                        statuses.append(resp.status)
+                await asyncio.sleep(0.1)
+        assert statuses, "the worker never served /readyz"
+        assert set(statuses) == {503}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        await server.stop()
+    assert code == 0
+    events = log_events(log)
+    refused = [e for e in events if e["event"] == "event_stream_refused"]
+    assert refused
+    assert {(e["level"], e["status"], e["error"]) for e in refused} == {
+        ("error", 401, "Unauthorized")
+    }
+    assert "Traceback" not in log.read_text()
