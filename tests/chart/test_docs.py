@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from tests.chart.conftest import CHART, helm_run, load_yaml, render_manifests
+from tests.chart.test_server import DRIVER_ENV, V098_SETTINGS
 
 README = CHART / "README.md"
 
@@ -57,14 +58,35 @@ def test_readme__values_table_is_fresh() -> None:
 
 def test_readme__states_the_server_image_tag_and_the_sdk_pairing() -> None:
     tag = load_yaml(CHART / "values.yaml")["server"]["image"]["tag"]
+    assert tag == "v0.9.8"
     text = README.read_text()
     assert f"resonatehqio/resonate:{tag}" in text
-    assert "resonate-sdk 0.8.1" in text
-    assert "2026-04-01" in text
+    for evidence in (
+        "8c7c09a8",
+        "resonate-sdk 0.8.1",
+        "2026-04-01",
+        "root:1.2",
+        "v0.10.0",
+        "RESONATE_SERVERS__ACTIVE",
+        "RESONATE_SERVERS__SERVER_POSTGRES__URL",
+        "RESONATE_GATEWAYS__GATEWAY_HTTP__BIND",
+        "GET /health",
+        "server.allowUntestedImage",
+    ):
+        assert evidence in text, evidence
+    # The old, wrong reason for skipping v0.9.8.
+    assert "origin_mismatch" not in text
+    assert "splitting at\n  `.`" not in text
     chart = load_yaml(CHART / "Chart.yaml")
     assert (
         chart["annotations"]["resonate-patterns.io/server-image"] == f"resonatehqio/resonate:{tag}"
     )
+
+
+def test_readme__maps_every_server_setting_to_the_v098_source() -> None:
+    text = README.read_text()
+    for name in [*V098_SETTINGS, *DRIVER_ENV]:
+        assert f"| `{name}` |" in text, name
 
 
 def _notes(*args: str) -> str:
@@ -91,3 +113,17 @@ def test_notes__how_to_call_factorial_and_open_the_dashboard(monkeypatch: Any) -
     assert "WARNING" not in notes
     no_operator = _notes("--set", "operator.enabled=false")
     assert "WARNING: group(s) workers are autoscaled but this release runs no" in no_operator
+    assert "Auth:            off" in notes
+
+
+def test_notes__auth_names_the_key_and_the_token_secret(monkeypatch: Any) -> None:
+    monkeypatch.setenv("KUBECONFIG", os.devnull)
+    notes = _notes("-f", str(CHART / "ci" / "auth-values.yaml"))
+    assert "Auth:            on" in notes
+    assert "Secret resonate-auth-public-key (key public.pem)" in notes
+    assert "RESONATE_TOKEN from\n                 Secret resonate-token (key token)" in notes
+    assert "--env=RESONATE_TOKEN=" in notes
+    untested = _notes(
+        "--set", "server.image.tag=v0.10.1", "--set", "server.allowUntestedImage=true"
+    )
+    assert "WARNING: server image resonatehqio/resonate:v0.10.1 is not the release" in untested

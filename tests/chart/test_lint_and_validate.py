@@ -33,6 +33,7 @@ REQUIRED_CI_SETS = {
     "two-groups",
     "cluster-wide-operator",
     "operator-ha",
+    "auth",
 }
 
 

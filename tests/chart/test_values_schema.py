@@ -2,8 +2,9 @@
 
 Each case renders the chart with one bad values file, with helm 4 and helm 3
 (their schema libraries word errors differently), and asserts on stderr.
-Comparisons JSON schema cannot make (min > max, SQLite with several server
-replicas) fail in a template helper with one line naming the values.
+Comparisons JSON schema cannot make (min > max, auth without a key or a
+token, an untested server image) fail in a template helper with one line
+naming the values.
 The schema is also cross-checked with service.config, which owns the
 settings the chart passes to the workers.
 """
@@ -21,7 +22,8 @@ import pytest
 from service.config import GROUP_RE, LOG_LEVELS, LogFormat, env_names, specs
 from tests.chart.conftest import CHART, helm_run, load_yaml
 
-#: Env vars the chart sets itself on worker pods (not allowed in extraSettings).
+#: Env vars the chart sets itself on worker pods (not allowed in extraSettings;
+#: RESONATE_TOKEN comes only from a Secret, with auth.enabled).
 CHART_MANAGED = {
     "RESONATE_URL",
     "RESONATE_GROUP",
@@ -33,6 +35,7 @@ CHART_MANAGED = {
     "RESONATE_PATTERNS_HTTP_PORT",
     "RESONATE_PATTERNS_LOG_LEVEL",
     "RESONATE_PATTERNS_LOG_FORMAT",
+    "RESONATE_TOKEN",
 }
 #: Settings that mean nothing on a worker pod (embedded mode, local stack, operator).
 NOT_FOR_WORKERS = {
@@ -100,6 +103,42 @@ SCHEMA_CASES: list[tuple[str, str, list[str]]] = [
         "workerDefaults:\n  taskTtlSeconds: 0\n",
         ["workerdefaults.taskttlseconds"],
     ),
+    (
+        "two-servers-on-sqlite",
+        "server:\n  replicas: 2\n",
+        ["server.replicas", "1"],
+    ),
+    (
+        "two-servers-on-postgres",
+        "server:\n  replicas: 2\n  storage:\n    type: postgres\n"
+        "    postgres:\n      existingSecret: pg\n",
+        ["server.replicas", "1"],
+    ),
+    (
+        "short-server-grace",
+        "server:\n  terminationGracePeriodSeconds: 10\n",
+        ["server.terminationgraceperiodseconds", "15"],
+    ),
+    (
+        "retry-timeout-below-range",
+        "server:\n  tasks:\n    retryTimeoutMs: 0\n",
+        ["server.tasks.retrytimeoutms"],
+    ),
+    (
+        "message-poll-interval-zero",
+        "server:\n  messages:\n    pollIntervalMs: 0\n",
+        ["server.messages.pollintervalms"],
+    ),
+    (
+        "message-poll-interval-above-range",
+        "server:\n  messages:\n    pollIntervalMs: 60000\n",
+        ["server.messages.pollintervalms"],
+    ),
+    (
+        "private-key-as-public-key",
+        "auth:\n  publicKey:\n    pem: '-----BEGIN PRIVATE KEY-----'\n",
+        ["auth.publickey.pem", "pattern"],
+    ),
 ]
 #: (case id, values YAML, the exact message of the template check).
 TEMPLATE_CASES: list[tuple[str, str, str]] = [
@@ -121,11 +160,6 @@ TEMPLATE_CASES: list[tuple[str, str, str]] = [
         "workerDefaults:\n  autoscaling:\n    fallbackReplicas: 20\n",
         "workerGroups[0] (workers): autoscaling.fallbackReplicas (20) must lie between "
         "autoscaling.minReplicas (1) and autoscaling.maxReplicas (10)",
-    ),
-    (
-        "sqlite-with-two-servers",
-        "server:\n  replicas: 2\n",
-        "server.replicas is 2 but server.storage.type is sqlite",
     ),
     (
         "postgres-without-url",

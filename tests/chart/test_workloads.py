@@ -15,7 +15,7 @@ from service.config import ConfigError, env_names, load_settings, specs
 from tests.chart.conftest import CI_VALUES, NAMESPACE, RELEASE, Rendered, load_yaml, render
 
 WORKER_PORT = 9400
-SERVER_PORT, SERVER_METRICS_PORT = 8001, 9090
+SERVER_PORT = 8001
 SERVER_URL = f"http://{RELEASE}-resonate-patterns-server.{NAMESPACE}.svc:{SERVER_PORT}"
 #: Settings fields that name worker groups.
 GROUP_FIELDS = ("group", "factorial_target", "enrich_target")
@@ -215,27 +215,6 @@ def test_app_ports_and_probes__9400_healthz_readyz(component: str) -> None:
         )
 
 
-def test_server_ports_and_probes__8001_9090_health_ready() -> None:
-    rendered = render()
-    (server,) = rendered.component("Deployment", "server")
-    container = container_of(server)
-    assert _port_number(container, "http") == SERVER_PORT
-    assert _port_number(container, "http-metrics") == SERVER_METRICS_PORT
-    assert _probe(container, "livenessProbe") == ("/health", "http")
-    assert _probe(container, "readinessProbe") == ("/ready", "http")
-    env = literal_env(container)
-    assert env["RESONATE_SERVER__PORT"] == str(SERVER_PORT)
-    assert env["RESONATE_OBSERVABILITY__METRICS_PORT"] == str(SERVER_METRICS_PORT)
-    assert env["RESONATE_SERVER__URL"] == SERVER_URL
-    assert container["image"] == "resonatehqio/resonate:v0.10.0"
-    assert container["args"] == ["serve"]
-    (service,) = rendered.component("Service", "server")
-    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
-        ("http", SERVER_PORT),
-        ("http-metrics", SERVER_METRICS_PORT),
-    }
-
-
 # -- replicas, draining, disruption and spreading -----------------------------------------------
 
 
@@ -327,48 +306,7 @@ def test_names__at_most_63_characters_even_for_long_group_names(tmp_path: Any) -
     assert literal_env(container_of(deployment))["RESONATE_GROUP"] == group
 
 
-# -- server storage -------------------------------------------------------------------------
-
-
-def test_server_sqlite__one_replica_recreate_and_the_database_on_the_pvc() -> None:
-    rendered = render()
-    (server,) = rendered.component("Deployment", "server")
-    assert server["spec"]["replicas"] == 1
-    assert server["spec"]["strategy"] == {"type": "Recreate"}
-    pod = server["spec"]["template"]["spec"]
-    env = literal_env(container_of(server))
-    assert env["RESONATE_STORAGE__TYPE"] == "sqlite"
-    (pvc,) = rendered.kind("PersistentVolumeClaim")
-    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    (mount,) = [m for m in container_of(server)["volumeMounts"] if m["name"] == volume["name"]]
-    assert env["RESONATE_STORAGE__SQLITE__PATH"].startswith(mount["mountPath"] + "/")
-
-
-def test_server_postgres__url_from_the_secret_and_no_volume() -> None:
-    rendered = render(CI_VALUES["external-postgres"])
-    (server,) = rendered.component("Deployment", "server")
-    assert server["spec"]["replicas"] == 2
-    assert "strategy" not in server["spec"]
-    env = env_of(container_of(server))
-    assert env["RESONATE_STORAGE__TYPE"]["value"] == "postgres"
-    ref = env["RESONATE_STORAGE__POSTGRES__URL"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "resonate-postgres", "key": "url"}
-    assert "RESONATE_STORAGE__SQLITE__PATH" not in env
-    assert env["RESONATE_TASKS__RETRY_TIMEOUT"]["value"] == "500"
-    assert not rendered.kind("PersistentVolumeClaim")
-    assert not rendered.kind("Secret")
-
-
-def test_server_postgres__inline_url_goes_into_a_secret() -> None:
-    rendered = render(
-        sets=("server.storage.type=postgres", "server.storage.postgres.url=postgres://u:p@db/r")
-    )
-    (secret,) = rendered.kind("Secret")
-    assert secret["stringData"] == {"url": "postgres://u:p@db/r"}
-    (server,) = rendered.component("Deployment", "server")
-    ref = env_of(container_of(server))["RESONATE_STORAGE__POSTGRES__URL"]["valueFrom"]
-    assert ref["secretKeyRef"]["name"] == secret["metadata"]["name"]
+# -- external server ------------------------------------------------------------------------
 
 
 def test_external_server__no_server_objects_and_everyone_uses_the_external_url() -> None:

@@ -122,6 +122,91 @@ Name of the Secret the chart creates for server.storage.postgres.url.
 {{- end }}
 
 {{/*
+The Resonate server release this chart is written for: the tag of the
+resonate-patterns.io/server-image annotation in Chart.yaml ("v0.9.8").
+server.image.tag must equal it unless server.allowUntestedImage is true.
+*/}}
+{{- define "resonate-patterns.server.testedTag" -}}
+{{- $image := index .Chart.Annotations "resonate-patterns.io/server-image" }}
+{{- regexReplaceAll "^.*:" $image "" }}
+{{- end }}
+
+{{/*
+The server image reference: "repository:tag", or "repository:tag@digest"
+when server.image.digest is set (the runtime then pulls by digest).
+*/}}
+{{- define "resonate-patterns.server.image" -}}
+{{- $i := .Values.server.image }}
+{{- printf "%s:%s" $i.repository (toString $i.tag) }}
+{{- with $i.digest }}@{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+Mount path of the directory holding the server's public key, and the key's
+file name in it (RESONATE_AUTH__PUBLICKEY is the two joined).
+*/}}
+{{- define "resonate-patterns.server.authKeyDir" -}}
+/etc/resonate/auth
+{{- end }}
+{{- define "resonate-patterns.server.authKeyFile" -}}
+public.pem
+{{- end }}
+
+{{/*
+Name of the ConfigMap the chart creates for auth.publicKey.pem.
+*/}}
+{{- define "resonate-patterns.auth.publicKeyName" -}}
+{{- printf "%s-auth-public-key" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name and key of the Secret holding the token (auth.token.existingSecret, or
+the Secret the chart creates for auth.token.value).
+*/}}
+{{- define "resonate-patterns.auth.tokenSecretName" -}}
+{{- if .Values.auth.token.existingSecret }}
+{{- .Values.auth.token.existingSecret }}
+{{- else }}
+{{- printf "%s-auth-token" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The RESONATE_TOKEN env entry (a secretKeyRef; the token never appears in a
+pod spec) of every pod that calls the server, when auth is on. Indent with
+nindent at the env list's level.
+*/}}
+{{- define "resonate-patterns.auth.tokenEnv" -}}
+{{- if .Values.auth.enabled }}
+- name: RESONATE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "resonate-patterns.auth.tokenSecretName" . }}
+      key: {{ .Values.auth.token.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotation that restarts a pod when the chart-created token Secret
+changes (env from a Secret is read only at container start). Empty when the
+token comes from an existing Secret or auth is off.
+*/}}
+{{- define "resonate-patterns.auth.tokenChecksum" -}}
+{{- if and .Values.auth.enabled (not .Values.auth.token.existingSecret) }}
+checksum/auth-token: {{ .Values.auth.token.value | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names of the environment variables the chart sets on the server container
+itself (server.extraEnv must not repeat them: duplicate names are rejected by
+server-side apply).
+*/}}
+{{- define "resonate-patterns.server.envNames" -}}
+RESONATE_SERVER__BIND RESONATE_SERVER__PORT RESONATE_SERVER__URL RESONATE_OBSERVABILITY__METRICS_PORT RESONATE_LEVEL RESONATE_TASKS__RETRY_TIMEOUT RESONATE_MESSAGES__POLL_INTERVAL RESONATE_STORAGE__TYPE RESONATE_STORAGE__SQLITE__PATH RESONATE_STORAGE__POSTGRES__URL RESONATE_STORAGE__POSTGRES__POOL_SIZE PGPASSWORD RESONATE_AUTH__PUBLICKEY RESONATE_AUTH__ISS RESONATE_AUTH__AUD
+{{- end }}
+
+{{/*
 Name of the operator's Deployment and Service.
 */}}
 {{- define "resonate-patterns.operator.fullname" -}}
@@ -238,8 +323,44 @@ each failure is one readable line naming the value to fix.
 */}}
 {{- define "resonate-patterns.validate" -}}
 {{- $root := . }}
-{{- if and .Values.server.enabled (eq .Values.server.storage.type "sqlite") (gt (int .Values.server.replicas) 1) }}
-{{- fail (printf "server.replicas is %d but server.storage.type is sqlite: SQLite is one file on one volume, so the server runs exactly 1 replica; use postgres to run more" (int .Values.server.replicas)) }}
+{{- $s := .Values.server }}
+{{- if $s.enabled }}
+{{- $tested := include "resonate-patterns.server.testedTag" . }}
+{{- if and (ne (toString $s.image.tag) $tested) (not $s.allowUntestedImage) }}
+{{- fail (printf "server.image.tag is %q but this chart is written for the Resonate server %s (its setting names, probes and protocol 2026-04-01); set server.image.tag=%s, or server.allowUntestedImage=true to run another release at your own risk" (toString $s.image.tag) $tested $tested) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" $s.replicas)) (ne (toString $s.replicas) "1") }}
+{{- fail (printf "server.replicas is %v but the Resonate server is single-instance for every storage type (two servers on one database race for timeouts and task queues): leave server.replicas at 1" $s.replicas) }}
+{{- end }}
+{{- $reserved := splitList " " (include "resonate-patterns.server.envNames" .) }}
+{{- range $s.extraEnv }}
+{{- if has .name $reserved }}
+{{- fail (printf "server.extraEnv sets %s, which the chart sets itself; use the chart's value for it (see values.yaml)" .name) }}
+{{- end }}
+{{- end }}
+{{- $pg := $s.storage.postgres }}
+{{- if and (eq $s.storage.type "postgres") $pg.existingSecret $pg.url }}
+{{- fail "server.storage.postgres: set either existingSecret or url, not both" }}
+{{- end }}
+{{- end }}
+{{- $a := .Values.auth }}
+{{- if $a.enabled }}
+{{- if .Values.server.enabled }}
+{{- $sources := 0 }}
+{{- range (list $a.publicKey.existingSecret $a.publicKey.existingConfigMap $a.publicKey.pem) }}{{ if . }}{{ $sources = add1 $sources }}{{ end }}{{ end }}
+{{- if eq $sources 0 }}
+{{- fail "auth.enabled is true: set auth.publicKey.existingSecret, auth.publicKey.existingConfigMap or auth.publicKey.pem (the PEM public key the server verifies tokens with)" }}
+{{- end }}
+{{- if gt $sources 1 }}
+{{- fail "auth.publicKey: set exactly one of existingSecret, existingConfigMap and pem" }}
+{{- end }}
+{{- end }}
+{{- if and (not $a.token.existingSecret) (not $a.token.value) }}
+{{- fail "auth.enabled is true: set auth.token.existingSecret (a Secret holding the JWT workers, the operator and helm test send as RESONATE_TOKEN) or auth.token.value" }}
+{{- end }}
+{{- if and $a.token.existingSecret $a.token.value }}
+{{- fail "auth.token: set either existingSecret or value, not both" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.server.enabled (eq .Values.server.storage.type "postgres") (not .Values.server.storage.postgres.existingSecret) (not .Values.server.storage.postgres.url) }}
 {{- fail "server.storage.type is postgres: set server.storage.postgres.existingSecret (a Secret holding the connection URL) or server.storage.postgres.url" }}
