@@ -1,11 +1,18 @@
 """Invoke a pattern by name under its keyed id and report what happened.
 
 :func:`invoke` validates the arguments exactly as the durable function will
-(so a typo never becomes a stored rejection under a keyed id), dispatches
-the invocation to the worker group (or runs it in-process when embedded),
-waits for the result, and reports whether it came from an already-resolved
-promise. "Cached" is read from the server's own reply to the create: the
-first record it returns for the id was already settled.
+(so a typo never becomes a stored rejection under a keyed id), creates the
+invocation's promise for the worker group (the same ``promise.create`` the
+SDK's top-level ``rpc`` sends: param, lineage tags and target), waits for
+the result, and reports whether it came from an already-settled promise.
+
+"Cached" is read from the server's reply to that create: the record it
+returns was already settled, so no body runs for this call. The SDK's own
+``rpc`` discards that reply (and its observer sees only creates made inside
+an execution), which is why the client sends the create itself and then
+waits through the SDK's handle (``Resonate.get``). The same fact is counted
+as the invocation's hit or miss in this process's metrics: in a worker that
+serves the HTTP API, that is the long-lived process Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -18,12 +25,18 @@ from typing import TYPE_CHECKING, Any
 from resonate.error import InvalidIdError, ServerError
 
 from service.connector.envelopes import SETTLED_STATES
-from service.connector.sdk import validate_root_id
+from service.connector.sdk import TaskData, Value, anycast_address, now_ms, validate_root_id
 from service.errors import AuthRefusedError, ResonatePatternsError, UsageError
 
 if TYPE_CHECKING:
+    from resonate.promises import Promises
+
     from service.patterns.registry import Pattern
     from service.runtime import Runtime
+
+#: Deadline of an invocation's promise: the SDK's default for a top-level call
+#: (``resonate.resonate.DEFAULT_TOP_LEVEL_TIMEOUT``, one day).
+ROOT_TIMEOUT_MS = 24 * 60 * 60 * 1000
 
 
 class RejectedError(ResonatePatternsError):
@@ -75,6 +88,38 @@ def promise_id_for(pattern: Pattern, args: tuple[Any, ...], explicit: str | None
         raise UsageError(f"invalid --id {promise_id!r}: {exc}") from None
 
 
+def root_tags(promise_id: str, group: str) -> dict[str, str]:
+    """The tags of a top-level call: its own lineage origin, routed to ``group``.
+
+    The same tags the SDK's top-level ``rpc`` stamps, so a worker executes
+    the promise exactly as if the SDK had created it.
+    """
+    return {
+        "resonate:origin": promise_id,
+        "resonate:branch": promise_id,
+        "resonate:parent": promise_id,
+        "resonate:scope": "global",
+        "resonate:target": anycast_address(group),
+    }
+
+
+async def create_root(
+    promises: Promises, promise_id: str, function: str, args: tuple[Any, ...], group: str
+) -> tuple[str, Any]:
+    """Create (or find) the invocation's promise; return its state and, if resolved, value.
+
+    Idempotent: a promise that exists comes back as it is, whatever the
+    arguments (the server keys by id), and a pending one is not created again.
+    """
+    record = await promises.create(
+        promise_id,
+        now_ms() + ROOT_TIMEOUT_MS,
+        Value(data=TaskData(func=function, args=args)),
+        root_tags(promise_id, group),
+    )
+    return record.state, record.value.data
+
+
 async def invoke(
     runtime: Runtime,
     pattern: Pattern,
@@ -83,24 +128,43 @@ async def invoke(
     promise_id: str | None = None,
     wait_seconds: float | None = None,
 ) -> CallResult:
-    """Run ``pattern(*args)`` under its keyed id and wait for the result."""
+    """Run ``pattern(*args)`` under its keyed id and wait for the result.
+
+    Counts the invocation in ``runtime``'s metrics once the server has
+    answered the create: a hit when the promise was already settled, else a
+    miss (created now, or pending and still executing).
+    """
     pattern.validate(runtime.settings, args)
     pid = promise_id_for(pattern, args, promise_id)
     started = time.perf_counter()
-    await runtime.check_access(pid)
-    runtime.replies.watch(pid)
-    target = runtime.resonate.options(target=runtime.settings.group)
-    handle = target.rpc(pid, pattern.name, *args)
+    loop = asyncio.get_running_loop()
+    deadline = None if wait_seconds is None else loop.time() + wait_seconds
+    await runtime.opened()
     try:
-        value = await asyncio.wait_for(handle.result(), wait_seconds)
+        async with asyncio.timeout_at(deadline):
+            state, value = await create_root(
+                runtime.resonate.promises, pid, pattern.name, args, runtime.settings.group
+            )
     except TimeoutError:
         raise WaitTimeoutError(pid, wait_seconds or 0) from None
     except ServerError as exc:
         if exc.code in (401, 403):
             raise AuthRefusedError(exc.code, exc.message, pid) from None
-        raise RejectedError(pid, str(exc)) from exc
-    except Exception as exc:
-        raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
+        raise
+    cached = state in SETTLED_STATES
+    runtime.telemetry.metrics.cache_result(pattern.name, "invocation", hit=cached)
+    if state != "resolved":
+        try:
+            async with asyncio.timeout_at(deadline):
+                handle = await runtime.resonate.get(pid)
+                value = await handle.result()
+        except TimeoutError:
+            raise WaitTimeoutError(pid, wait_seconds or 0) from None
+        except ServerError as exc:
+            if exc.code in (401, 403):
+                raise AuthRefusedError(exc.code, exc.message, pid) from None
+            raise RejectedError(pid, str(exc)) from exc
+        except Exception as exc:
+            raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-    cached = runtime.replies.first_state(pid) in SETTLED_STATES
     return CallResult(pid, pattern.name, value, cached, elapsed_ms)

@@ -10,9 +10,12 @@ One function decides the wiring from :class:`~service.config.Settings`:
   worker joins ``RESONATE_GROUP``; a client listens under its own group, so
   the group's work is never delivered to a client that cannot run it.
 
-Either way the network is wrapped by :class:`~service.telemetry.network.TappedNetwork`
-(cache/lease metrics) and every pattern is registered for embedded runs and
-workers, with the dependencies the patterns read.
+Either way the SDK reports to this process's telemetry through its own hooks
+(:mod:`service.telemetry.observer`): the observer (``Resonate(observer=...)``:
+first runs of ``ctx.run`` children, background failures, dropped records)
+and the lease heartbeat (``start(task_id, version)`` once per task
+execution). Every pattern is registered for embedded runs and workers, with
+the dependencies the patterns read.
 """
 
 from __future__ import annotations
@@ -23,23 +26,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
 from service.connector.drain import DrainGate
 from service.connector.heartbeat import LeaseHeartbeat
 from service.connector.http import PooledHttpNetwork
-from service.connector.sdk import NoopHeartbeat, make_sender, noop_observer, pending_jobs
+from service.connector.sdk import NoopHeartbeat, make_sender, pending_jobs
 from service.connector.sse import EventStream
 from service.devserver.embedded import EmbeddedConnection
-from service.errors import AuthRefusedError
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
-from service.patterns.registry import register_all
+from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, PATTERNS, register_all
 from service.telemetry.instrument import Telemetry
 from service.telemetry.metrics import WorkerMetrics
-from service.telemetry.network import ReplyObserver, TappedNetwork
+from service.telemetry.observer import CountingHeartbeat, SdkObserver
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -76,7 +77,6 @@ class Runtime:
     pid: str
     resonate: Resonate
     telemetry: Telemetry
-    replies: ReplyObserver
     links: LinkSource
     gate: DrainGate | None
     embedded: EmbeddedConnection | None
@@ -89,28 +89,20 @@ class Runtime:
         """Open connections (needs a running event loop)."""
         self.resonate.start()
 
+    async def opened(self) -> None:
+        """Wait until the embedded server is running (a no-op against a server).
+
+        :meth:`start` only schedules the connections' start. The embedded
+        server re-dispatches every pending task when it starts, so a task
+        created before that would be offered twice (the second acquire is
+        refused: a spurious background failure).
+        """
+        if self.embedded is not None:
+            await self.embedded.start()
+
     def pending_jobs(self) -> int:
         """Background jobs still running inside the SDK (executions, creates)."""
         return pending_jobs(self.resonate)
-
-    async def check_access(self, promise_id: str) -> None:
-        """Fail fast when the server refuses this process's token for ``promise_id``.
-
-        The SDK does not surface a refused create to the caller: the
-        invocation would wait forever while the server answers 401/403. So a
-        remote invocation first reads the promise (one round trip): 401 or
-        403 raises :class:`~service.errors.AuthRefusedError`, naming the
-        cause; 200 or 404 means the token may touch the id.
-        """
-        if self.sender is None:
-            return
-        try:
-            await self.sender.promise_get(promise_id)
-        except ServerError as exc:
-            if exc.code in (401, 403):
-                raise AuthRefusedError(exc.code, exc.message, promise_id) from None
-            if exc.code != 404:
-                raise
 
     @property
     def connected(self) -> bool:
@@ -124,6 +116,24 @@ class Runtime:
             await self.embedded.close()
 
 
+def declare_cache_series(metrics: WorkerMetrics) -> None:
+    """Create every hit/miss series this process can count, at 0.
+
+    ``rate()`` only sees an increment between two scrapes of a series, so a
+    series born at its first count would lose that count on the dashboard;
+    and a hit ratio with no hit yet is then 0 rather than no data. An
+    invocation is counted by the process that invokes (a client, or a
+    worker serving the HTTP API); children and lookups by the worker that
+    runs them (or the embedded process).
+    """
+    for p in PATTERNS:
+        metrics.declare_cache(p.name, "invocation")
+    for name in CHILD_FUNCTIONS:
+        metrics.declare_cache(name, "child")
+    for name in LOOKUP_FUNCTIONS:
+        metrics.declare_cache(name, "lookup")
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -135,7 +145,7 @@ def build_runtime(
     pid = pid or make_pid()
     metrics = metrics if metrics is not None else WorkerMetrics(settings.group)
     telemetry = Telemetry(metrics)
-    replies = ReplyObserver(metrics)
+    observer = SdkObserver(telemetry)
     links = make_links(settings)
     gate: DrainGate | None = None
     embedded: EmbeddedConnection | None = None
@@ -145,23 +155,23 @@ def build_runtime(
     if settings.resonate_url is None:
         embedded = EmbeddedConnection(pid=pid, group=settings.group, store=settings.embedded_store)
         resonate = Resonate(
-            network=TappedNetwork(embedded, replies, owns_inner=False),
+            network=embedded,
             sources=[embedded],
             group=settings.group,
             pid=pid,
             # Nothing heartbeats in one process, so leases must not expire.
             ttl=timedelta(0),
-            heartbeat=NoopHeartbeat(),
+            heartbeat=CountingHeartbeat(NoopHeartbeat(), telemetry),
             max_concurrent_tasks=settings.max_concurrent_tasks,
             retry_policy=Never(),
             subscription_refresh_secs=0,
-            observer=noop_observer,
+            observer=observer,
             autostart=False,
         )
     else:
         url = settings.resonate_url
         token = settings.token
-        http = TappedNetwork(PooledHttpNetwork(url, token=token), replies, owns_inner=True)
+        http = PooledHttpNetwork(url, token=token)
         group = settings.group if role == "worker" else CLIENT_GROUP
         ttl = timedelta(seconds=settings.task_ttl_seconds)
         ttl_ms = int(ttl.total_seconds() * 1000)
@@ -185,20 +195,23 @@ def build_runtime(
             pid=pid,
             ttl=ttl,
             token=token,
-            heartbeat=LeaseHeartbeat(pid, ttl.total_seconds() / 2, own_sender, metrics),
+            heartbeat=CountingHeartbeat(
+                LeaseHeartbeat(pid, ttl.total_seconds() / 2, own_sender, metrics), telemetry
+            ),
             max_concurrent_tasks=settings.max_concurrent_tasks,
             retry_policy=Never(),
             subscription_refresh_secs=REMOTE_REFRESH_SECONDS,
-            observer=noop_observer,
+            observer=observer,
             autostart=False,
         )
 
     if embedded is not None or role == "worker":
         register_all(resonate)
+    declare_cache_series(metrics)
     resonate.with_dependency(telemetry)
     resonate.with_dependency(
         PatternDeps(settings=settings, promises=resonate.promises, links=links)
     )
     return Runtime(
-        settings, role, pid, resonate, telemetry, replies, links, gate, embedded, stream, own_sender
+        settings, role, pid, resonate, telemetry, links, gate, embedded, stream, own_sender
     )

@@ -5,7 +5,9 @@ The rest of ``service/`` uses only the SDK's user-facing API (``Resonate``,
 beyond that, it takes from here: address minting for the ``poll://`` scheme,
 the lineage origin of an id, the protocol version and clock the in-process
 server stamps, the SDK's typed ``Sender`` for the requests this project sends
-itself, and the count of the SDK's in-flight background jobs.
+itself, the count of the SDK's in-flight background jobs, and the observer
+event types (``Resonate(observer=...)``) plus ``TaskData`` (the payload of a
+top-level create) that telemetry and the client read.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from resonate.connections.sse import resolve_target as _anycast
 from resonate.connections.sse import unicast as _unicast
 from resonate.heartbeat import NoopHeartbeat
 from resonate.ids import origin_of, validate_root_id
-from resonate.observability import noop_observer
+from resonate.observability import (
+    BackgroundTaskFailed,
+    Dropped,
+    Event,
+    PromiseCreateReturned,
+    noop_observer,
+)
 from resonate.send import Sender
 from resonate.timing import now_ms
 from resonate.transport import Transport
-from resonate.types import Value
+from resonate.types import TaskData, Value
 from resonate_base import PROTOCOL_VERSION
 from resonate_base.connections import Network, Source
 
@@ -29,10 +37,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "BackgroundTaskFailed",
+    "Dropped",
+    "Event",
     "Network",
     "NoopHeartbeat",
+    "PromiseCreateReturned",
     "Sender",
     "Source",
+    "TaskData",
     "Value",
     "anycast_address",
     "make_sender",

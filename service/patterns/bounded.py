@@ -45,8 +45,8 @@ async def process_bounded(ctx: Context, items: object, k: object) -> list[int]:
     results: list[int] = []
     for start in range(0, len(batch), width):
         chunk = [
-            spawn_local(ctx, "process_one", process_one, item, retry_policy=Never())
+            spawn_local(ctx, process_one, item, retry_policy=Never())
             for item in batch[start : start + width]
         ]
-        results.extend([await child.result() for child in chunk])
+        results.extend([await child for child in chunk])
     return results

@@ -46,10 +46,7 @@ async def crawl_level(
 ) -> list[dict[str, Any]]:
     """Fetch one frontier in parallel, then recurse into the next with ``remaining - 1``."""
     deps = ctx.get_dependency(PatternDeps)
-    children = [
-        spawn_local(ctx, "fetch_links", fetch_links, url, retry_policy=FETCH_RETRY)
-        for url in frontier
-    ]
+    children = [spawn_local(ctx, fetch_links, url, retry_policy=FETCH_RETRY) for url in frontier]
     ctx.get_dependency(Telemetry).metrics.fanout("crawl", len(children))
     known = set(seen)
     pages: list[dict[str, Any]] = []
@@ -57,7 +54,7 @@ async def crawl_level(
     for url, child in zip(frontier, children, strict=True):
         page: dict[str, Any] = {"url": url, "depth": level}
         try:
-            links: list[str] = await child.result()
+            links: list[str] = await child
         except Exception as exc:
             page["links"] = []
             page["error"] = str(exc)
@@ -71,14 +68,8 @@ async def crawl_level(
                 next_frontier.append(link)
     if remaining > 0 and next_frontier:
         deeper = await spawn_local(
-            ctx,
-            "crawl_level",
-            crawl_level,
-            next_frontier,
-            seen + next_frontier,
-            level + 1,
-            remaining - 1,
-        ).result()
+            ctx, crawl_level, next_frontier, seen + next_frontier, level + 1, remaining - 1
+        )
         pages.extend(deeper)
     return pages
 
@@ -91,7 +82,5 @@ async def crawl(ctx: Context, spec: object) -> dict[str, Any]:
     problem = deps.links.check_root(url)
     if problem is not None:
         raise InputError("crawl", problem)
-    pages: list[dict[str, Any]] = await spawn_local(
-        ctx, "crawl_level", crawl_level, [url], [url], 0, depth
-    ).result()
+    pages: list[dict[str, Any]] = await spawn_local(ctx, crawl_level, [url], [url], 0, depth)
     return {"url": url, "depth": depth, "visited": len(pages), "pages": pages}

@@ -17,12 +17,12 @@ from resonate.retry import Never
 
 from service.errors import EnrichmentError
 from service.patterns.deps import PatternDeps
-from service.patterns.steps import LocalChild, spawn_local
+from service.patterns.steps import spawn_local
 from service.patterns.validation import require_record_id, require_record_ids
 from service.telemetry.instrument import Telemetry, instrumented
 
 if TYPE_CHECKING:
-    from resonate.context import Context
+    from resonate.context import Context, ResonateFuture
 
 #: Enrichment is deterministic: a failure is permanent, never retried.
 NO_RETRY = Never()
@@ -59,13 +59,11 @@ async def enrich_one(ctx: Context, record_id: object) -> dict[str, Any]:
 
 def _spawn_enrich(
     ctx: Context, function: str, ids: object
-) -> tuple[list[int | str], list[LocalChild]]:
+) -> tuple[list[int | str], list[ResonateFuture[Any]]]:
     """Validate ``ids`` and start one local ``enrich_one`` child per id, in order."""
     deps = ctx.get_dependency(PatternDeps)
     batch = require_record_ids(function, ids, deps.settings.max_fanout)
-    children = [
-        spawn_local(ctx, "enrich_one", enrich_one, rid, retry_policy=NO_RETRY) for rid in batch
-    ]
+    children = [spawn_local(ctx, enrich_one, rid, retry_policy=NO_RETRY) for rid in batch]
     ctx.get_dependency(Telemetry).metrics.fanout(function, len(children))
     return batch, children
 
@@ -74,7 +72,7 @@ def _spawn_enrich(
 async def enrich_batch(ctx: Context, ids: object) -> list[dict[str, Any]]:
     """Enrich every id with one local child each; fails on the first failed child."""
     _, children = _spawn_enrich(ctx, "enrich_batch", ids)
-    return [await child.result() for child in children]
+    return [await child for child in children]
 
 
 @instrumented("parallel_enrich")
@@ -98,7 +96,7 @@ async def enrich_tolerant(ctx: Context, ids: object) -> list[dict[str, Any]]:
     outcomes: list[dict[str, Any]] = []
     for rid, child in zip(batch, children, strict=True):
         try:
-            outcomes.append({"id": rid, "ok": True, "value": await child.result()})
+            outcomes.append({"id": rid, "ok": True, "value": await child})
         except Exception as exc:
             outcomes.append({"id": rid, "ok": False, "error": str(exc)})
     return outcomes

@@ -9,7 +9,8 @@ level close that gap:
 * ``factorial_lookup(k)`` reads promise ``factorial-{k}`` through the
   promises client; if it is resolved, its value replaces the recursive call
   (a cache hit), so ``factorial-{m}`` after ``factorial-{n}`` (m > n) only
-  executes the levels above n;
+  executes the levels above n. The instrumentation counts its first run as
+  one ``lookup`` of ``factorial``: a hit when it returns a value;
 * ``factorial_publish(k, value)`` creates promise ``factorial-{k}`` (no
   target, so no task) and resolves it, so any later ``factorial-{k}``
   invocation returns from the store without executing a body.
@@ -31,7 +32,7 @@ from service.connector.sdk import Value
 from service.patterns.deps import PatternDeps
 from service.patterns.steps import spawn_local
 from service.patterns.validation import require_int
-from service.telemetry.instrument import Telemetry, instrumented
+from service.telemetry.instrument import instrumented
 
 if TYPE_CHECKING:
     from resonate.context import Context
@@ -49,23 +50,19 @@ def factorial_id(n: int) -> str:
     return f"factorial-{n}"
 
 
-@instrumented("factorial_lookup")
+@instrumented("factorial_lookup", cache_lookup="factorial")
 async def factorial_lookup(ctx: Context, k: int) -> int | None:
     """Return the cached value of ``factorial(k)``, or None if not resolved yet."""
     deps = ctx.get_dependency(PatternDeps)
-    metrics = ctx.get_dependency(Telemetry).metrics
     await deps.simulated_io()
     try:
         record = await deps.promises.get(factorial_id(k))
     except ServerError as exc:
         if exc.code != 404:
             raise
-        metrics.cache_result("factorial", "lookup", hit=False)
         return None
     value = record.value.data
-    hit = record.state == "resolved" and isinstance(value, int)
-    metrics.cache_result("factorial", "lookup", hit=hit)
-    return value if hit and isinstance(value, int) else None
+    return value if record.state == "resolved" and isinstance(value, int) else None
 
 
 @instrumented("factorial_publish")
@@ -91,25 +88,12 @@ async def factorial(ctx: Context, n: object) -> int:
     if k == 0:
         value = 1
     else:
-        cached = await spawn_local(
-            ctx,
-            "factorial_lookup",
-            factorial_lookup,
-            k - 1,
-            retry_policy=STORE_RETRY,
-        ).result()
+        cached = await spawn_local(ctx, factorial_lookup, k - 1, retry_policy=STORE_RETRY)
         if cached is None:
             sub = await ctx.options(target=settings.factorial_group).rpc("factorial", k - 1)
         else:
             sub = cached
         value = k * int(sub)
     if ctx.info.id != factorial_id(k):
-        await spawn_local(
-            ctx,
-            "factorial_publish",
-            factorial_publish,
-            k,
-            value,
-            retry_policy=STORE_RETRY,
-        ).result()
+        await spawn_local(ctx, factorial_publish, k, value, retry_policy=STORE_RETRY)
     return value

@@ -241,6 +241,19 @@ PATTERNS: tuple[Pattern, ...] = (
 
 BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
 
+#: Functions the patterns call as children (``ctx.run`` or ``ctx.rpc``), each
+#: counted as a ``child`` call; a worker creates their series up front.
+CHILD_FUNCTIONS = (
+    "factorial",
+    "factorial_publish",
+    "enrich_one",
+    "process_one",
+    "fetch_links",
+    "crawl_level",
+)
+#: Functions whose keyed cache a lookup leaf reads, counted as ``lookup`` calls.
+LOOKUP_FUNCTIONS = ("factorial",)
+
 
 def pattern(name: str) -> Pattern:
     """Look a pattern up by name; an unknown name is a UsageError listing the known ones."""

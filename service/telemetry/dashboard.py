@@ -57,14 +57,19 @@ def _quantiles(
     ]
 
 
+#: Durable calls answered from the store, and all durable calls (hits + misses).
 HITS = f"sum(rate({m.CACHE_HITS_NAME}{{{_SEL}}}{_RATE}))"
-LOOKUPS = f"({HITS} + sum(rate({m.CACHE_MISSES_NAME}{{{_SEL}}}{_RATE})))"
+CALLS = f"({HITS} + sum(rate({m.CACHE_MISSES_NAME}{{{_SEL}}}{_RATE})))"
+#: The hit-ratio panel's query (the real-Prometheus test evaluates exactly this).
+HIT_RATIO = f"{HITS} / {CALLS}"
 
 WORKER_PANELS: list[Panel] = [
     Panel(
         "Cache hit ratio",
-        "Share of promise creations and lookups answered by an already-resolved promise.",
-        [("hit ratio", f"{HITS} / {LOOKUPS}")],
+        "Share of durable calls (invocations, children, factorial cache lookups) answered by "
+        "a promise already settled before the call: no body ran. Each call counts once; "
+        "replays never count (docs/metrics.md).",
+        [("hit ratio", HIT_RATIO)],
         kind="stat",
         unit="percentunit",
         width=6,
@@ -78,7 +83,8 @@ WORKER_PANELS: list[Panel] = [
     ),
     Panel(
         "Cache hits and misses / s",
-        "By kind: top-level invocations, child calls, and factorial cache lookups.",
+        "By kind: invocations (counted where invoked: the worker serving the API, or a client), "
+        "child calls (by the worker that runs the child) and factorial cache lookups.",
         [
             ("hits {{kind}}", f"sum by (kind) (rate({m.CACHE_HITS_NAME}{{{_SEL}}}{_RATE}))"),
             ("misses {{kind}}", f"sum by (kind) (rate({m.CACHE_MISSES_NAME}{{{_SEL}}}{_RATE}))"),
@@ -127,12 +133,25 @@ WORKER_PANELS: list[Panel] = [
         _quantiles(m.FANOUT_WIDTH_NAME, _SEL, (0.5, 0.95)),
     ),
     Panel(
-        "Leases lost and tasks re-delivered / s",
-        "Leases lost: fenced writes refused (another worker owns the task now). "
-        "Re-delivered: tasks acquired again after a release, expiry or resume.",
+        "Leases lost, tasks resumed or re-delivered, SDK failures / s",
+        "Leases lost: executions whose fenced write was refused (another worker owns the "
+        "task now). Resumed or re-delivered: task executions at a version above 1. SDK "
+        "background failures and dropped records: what the SDK reports without raising "
+        "(each one is also logged).",
         [
             ("leases lost", f"sum(rate({m.LEASES_LOST_NAME}{{{_GROUP}}}{_RATE}))"),
-            ("re-delivered", f"sum(rate({m.TASKS_REDELIVERED_NAME}{{{_GROUP}}}{_RATE}))"),
+            (
+                "resumed or re-delivered",
+                f"sum(rate({m.TASKS_REDELIVERED_NAME}{{{_GROUP}}}{_RATE}))",
+            ),
+            (
+                "SDK background failures",
+                f"sum(rate({m.SDK_BACKGROUND_FAILURES_NAME}{{{_GROUP}}}{_RATE}))",
+            ),
+            (
+                "SDK dropped {{reason}}",
+                f"sum by (reason) (rate({m.SDK_DROPPED_NAME}{{{_GROUP}}}{_RATE}))",
+            ),
         ],
         unit="ops",
     ),

@@ -9,6 +9,14 @@ bounded state the metrics need (attempt counts, deepest depth per root).
 
 Depth is read from the promise id: the SDK mints child ids as
 ``origin:1.2.3``, one lineage segment per level below the root.
+
+The wrapper also counts child calls (``promise_cache_misses_total{kind="child"}``
+and, for a cache-lookup leaf, ``kind="lookup"``), exactly once per call: a
+body run is the first run of its call only when the SDK said so beforehand
+(:mod:`service.telemetry.observer` marks the id through
+:meth:`Telemetry.expect_first_run`); every other run of a body (a replay of a
+suspended parent, a resume, a retry of a failed leaf, a redirect) counts
+nothing. See docs/metrics.md for the semantics.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from resonate.error import Suspended
+from resonate.error import PlatformError, ServerError, Suspended
 
 from service.telemetry.logging import EXECUTION_CONTEXT, get_logger
 
@@ -28,6 +36,9 @@ if TYPE_CHECKING:
     from resonate.context import Context
 
     from service.telemetry.metrics import Outcome, WorkerMetrics
+
+#: The status the server answers a fenced write with once the lease moved on.
+_LEASE_GONE = 409
 
 #: Bound on per-promise and per-root bookkeeping; oldest entries are evicted.
 #: Above the largest fan-out, so a child's "did it run here?" is still known
@@ -69,12 +80,26 @@ class _Lru[V]:
 
 
 class Telemetry:
-    """Metrics plus the bookkeeping behind attempts and per-root max depth."""
+    """Metrics plus the bookkeeping behind attempts, first runs and per-root max depth."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self._attempts: _Lru[int] = _Lru(_TRACK_LIMIT)
         self._root_depth: _Lru[int] = _Lru(_TRACK_LIMIT)
+        #: Ids whose next body run is the first run of their call (insertion
+        #: order; the oldest is forgotten past the limit).
+        self._first_runs: dict[str, bool] = {}
+
+    def expect_first_run(self, promise_id: str) -> None:
+        """Note that the next body run of ``promise_id`` is the first run of its call."""
+        first = self._first_runs
+        first[promise_id] = True
+        if len(first) > _TRACK_LIMIT:
+            del first[next(iter(first))]
+
+    def take_first_run(self, promise_id: str) -> bool:
+        """Whether this body run of ``promise_id`` is its call's first (true at most once)."""
+        return self._first_runs.pop(promise_id, False)
 
     @property
     def group(self) -> str:
@@ -89,10 +114,6 @@ class Telemetry:
             self._root_depth.put(origin, depth)
         return attempt
 
-    def ran(self, promise_id: str) -> bool:
-        """Whether a body ran for ``promise_id`` in this process (recently)."""
-        return self._attempts.get(promise_id) is not None
-
     def root_resolved(self, function: str, origin: str) -> None:
         """Observe the deepest level seen under ``origin`` and forget the root."""
         deepest = self._root_depth.pop(origin)
@@ -106,11 +127,23 @@ def _summarize(args: tuple[Any, ...]) -> str:
     return text
 
 
+def lease_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SDK reporting a fenced write refused because the lease moved on."""
+    return isinstance(exc, PlatformError) and any(
+        isinstance(cause, ServerError) and cause.code == _LEASE_GONE for cause in exc.causes
+    )
+
+
 type DurableFn = Callable[..., Awaitable[Any]]
 
 
-def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
+def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) -> Callable[[F], F]:
     """Decorate a durable function so every run of its body is logged and measured.
+
+    The first run of a child call counts one ``child`` miss for ``name``. A
+    leaf that reads a keyed cache instead passes ``cache_lookup`` (the
+    function whose cache it reads): its first run that returns counts one
+    ``lookup`` for that function, a hit when the result is not None.
 
     The wrapper keeps the wrapped signature visible (``functools.wraps``),
     which the SDK inspects to bind arguments.
@@ -121,10 +154,13 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
         async def wrapper(ctx: Context, *args: Any, **kwargs: Any) -> Any:
             telemetry = ctx.get_dependency(Telemetry)
             info = ctx.info
-            depth = depth_of(info.id)
-            attempt = telemetry.begin(info.id, info.origin_id, depth)
+            promise_id = info.id
+            if cache_lookup is None and telemetry.take_first_run(promise_id):
+                telemetry.metrics.cache_result(name, "child", hit=False)
+            depth = depth_of(promise_id)
+            attempt = telemetry.begin(promise_id, info.origin_id, depth)
             context = {
-                "promise_id": info.id,
+                "promise_id": promise_id,
                 "root_id": info.origin_id,
                 "function": name,
                 "depth": depth,
@@ -142,7 +178,7 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
                 in_flight.inc()
                 error: str | None = None
                 try:
-                    return await fn(ctx, *args, **kwargs)
+                    result = await fn(ctx, *args, **kwargs)
                 except Suspended:
                     outcome = "suspended"
                     raise
@@ -150,11 +186,20 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
                     outcome = "rejected"
                     error = str(exc)
                     raise
-                except BaseException:
+                except BaseException as exc:
                     # A platform failure or cancellation: the task is released
-                    # and the server delivers it again.
+                    # and the server delivers it again. Counted once per
+                    # execution, where it reaches the task's root function.
                     outcome = "retried"
+                    if info.parent_id == promise_id and lease_gone(exc):
+                        telemetry.metrics.lease_lost()
                     raise
+                else:
+                    if cache_lookup is not None and telemetry.take_first_run(promise_id):
+                        telemetry.metrics.cache_result(
+                            cache_lookup, "lookup", hit=result is not None
+                        )
+                    return result
                 finally:
                     seconds = time.perf_counter() - started
                     in_flight.dec()
@@ -186,4 +231,4 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
     return decorate
 
 
-__all__ = ["Telemetry", "depth_of", "instrumented"]
+__all__ = ["Telemetry", "depth_of", "instrumented", "lease_gone"]

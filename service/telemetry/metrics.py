@@ -30,9 +30,9 @@ from prometheus_client import (
 
 PREFIX = "resonate_patterns_"
 
-#: Promise creations/lookups answered by an already-resolved promise.
+#: Durable calls answered by a promise already settled before the call asked (no body ran).
 CACHE_HITS_NAME = PREFIX + "promise_cache_hits_total"
-#: Promise creations/lookups that had to execute (or start executing).
+#: Durable calls that needed a body to run; each call counted once, replays never.
 CACHE_MISSES_NAME = PREFIX + "promise_cache_misses_total"
 #: Depth below its root at which each function execution runs.
 EXECUTION_DEPTH_NAME = PREFIX + "execution_depth"
@@ -48,10 +48,14 @@ EXECUTION_DURATION_NAME = PREFIX + "execution_duration_seconds"
 IN_FLIGHT_NAME = PREFIX + "executions_in_flight"
 #: Children spawned by one fan-out execution.
 FANOUT_WIDTH_NAME = PREFIX + "fanout_width"
-#: Task leases this process lost (server answered 409 to a fenced write).
+#: Executions whose lease was gone: a fenced write inside the body was refused (409).
 LEASES_LOST_NAME = PREFIX + "leases_lost_total"
-#: Tasks delivered to this process again after a release, expiry or resume.
+#: Task executions started at a task version above 1 (resumed or re-delivered).
 TASKS_REDELIVERED_NAME = PREFIX + "tasks_redelivered_total"
+#: Background jobs of the Resonate SDK that failed with nobody awaiting them.
+SDK_BACKGROUND_FAILURES_NAME = PREFIX + "sdk_background_failures_total"
+#: Records and messages the Resonate SDK could not read and discarded, by reason.
+SDK_DROPPED_NAME = PREFIX + "sdk_dropped_total"
 #: Worker identity (version, group, pid); value is always 1.
 WORKER_INFO_NAME = PREFIX + "worker_info"
 #: 1 once the worker is connected and registered, 0 while starting/draining.
@@ -85,6 +89,10 @@ Outcome = Literal["resolved", "rejected", "suspended", "retried"]
 #: e.g. 400 for tasks of several origins, 401/403 for auth) or no reply at all.
 HeartbeatFailure = Literal["rejected", "unreachable"]
 CacheKind = Literal["invocation", "child", "lookup"]
+#: Label values of ``reason`` on the SDK drop counter: the SDK's drop sites
+#: (a preloaded promise record, a record in a search page, an incoming push
+#: message) and ``other`` for a site a later SDK adds.
+SDK_DROP_REASONS = ("preload-record", "search-record", "incoming-message", "other")
 
 #: Depth buckets: one per level for shallow trees, coarser for deep recursion
 #: (factorial(n) reaches depth n).
@@ -131,14 +139,15 @@ class WorkerMetrics:
         r = self.registry
         self.cache_hits = Counter(
             CACHE_HITS_NAME,
-            "Promise creations or lookups answered by an already-resolved promise "
-            "(result served from the store, nothing executed).",
+            "Durable calls (kind: invocation, child, lookup) answered by a promise that was "
+            "already settled before the call asked for it: served from the store, no body ran.",
             ["function", "group", "kind"],
             registry=r,
         )
         self.cache_misses = Counter(
             CACHE_MISSES_NAME,
-            "Promise creations or lookups that found no resolved promise and had to execute.",
+            "Durable calls (kind: invocation, child, lookup) that needed a body to run; "
+            "each call is counted once, a replay of a call already made never.",
             ["function", "group", "kind"],
             registry=r,
         )
@@ -190,15 +199,32 @@ class WorkerMetrics:
         )
         self.leases_lost = Counter(
             LEASES_LOST_NAME,
-            "Fenced task writes the server refused because the lease had moved on (409).",
+            "Task executions that lost their lease: a fenced write made by the body (a child "
+            "create or settle) was refused with 409. A refused closing fulfill or suspend is "
+            "an SDK background failure instead.",
             ["group"],
             registry=r,
         )
         self.tasks_redelivered = Counter(
             TASKS_REDELIVERED_NAME,
-            "Tasks acquired again (version above 1): re-delivered after a release, an "
-            "expired lease or a resume.",
+            "Task executions started at a task version above 1: the task was acquired before "
+            "(resumed after its awaited promises settled, or re-delivered after a release, an "
+            "expired lease or a crash).",
             ["group"],
+            registry=r,
+        )
+        self.sdk_background_failures = Counter(
+            SDK_BACKGROUND_FAILURES_NAME,
+            "Background jobs of the Resonate SDK (executions, creates, listener "
+            "registrations) that failed with nobody awaiting them; each one is logged.",
+            ["group"],
+            registry=r,
+        )
+        self.sdk_dropped = Counter(
+            SDK_DROPPED_NAME,
+            "Records and messages the Resonate SDK could not decode and discarded, by reason "
+            "(preload-record, search-record, incoming-message, other); each one is logged.",
+            ["group", "reason"],
             registry=r,
         )
         self.worker_info = Info(
@@ -240,6 +266,9 @@ class WorkerMetrics:
         # rate() and absent() queries work before the first event.
         self.leases_lost.labels(group)
         self.tasks_redelivered.labels(group)
+        self.sdk_background_failures.labels(group)
+        for reason in SDK_DROP_REASONS:
+            self.sdk_dropped.labels(group, reason)
         self.worker_ready.labels(group).set(0)
         self.stream_connected.labels(group).set(0)
         for cause in ("idle", "closed", "error"):
@@ -261,9 +290,35 @@ class WorkerMetrics:
     # -- helpers called by domain code ---------------------------------------------
 
     def cache_result(self, function: str, kind: CacheKind, *, hit: bool) -> None:
-        """Count one promise creation or lookup as a hit or a miss."""
+        """Count one durable call as a hit or a miss (see docs/metrics.md for which)."""
         metric = self.cache_hits if hit else self.cache_misses
         self._child(metric, function, self.group, kind).inc()
+
+    def declare_cache(self, function: str, kind: CacheKind) -> None:
+        """Create the hit and miss series of ``function``/``kind`` at 0.
+
+        A hit ratio over a window with no hit yet is then 0 rather than no
+        data, and ``rate()`` sees the first increment.
+        """
+        for metric in (self.cache_hits, self.cache_misses):
+            self._child(metric, function, self.group, kind)
+
+    def lease_lost(self) -> None:
+        """Count one execution whose fenced write was refused (its lease had moved on)."""
+        self._child(self.leases_lost, self.group).inc()
+
+    def task_redelivered(self) -> None:
+        """Count one task execution started at a version above 1."""
+        self._child(self.tasks_redelivered, self.group).inc()
+
+    def sdk_background_failed(self) -> None:
+        """Count one failed SDK background job."""
+        self._child(self.sdk_background_failures, self.group).inc()
+
+    def sdk_dropped_one(self, reason: str) -> None:
+        """Count one record or message the SDK discarded (unknown reasons as ``other``)."""
+        label = reason if reason in SDK_DROP_REASONS else "other"
+        self._child(self.sdk_dropped, self.group, label).inc()
 
     def execution_finished(
         self, function: str, depth: int, outcome: Outcome, seconds: float
@@ -332,6 +387,8 @@ def metric_docs() -> list[MetricDoc]:
             m.fanout_width,
             m.leases_lost,
             m.tasks_redelivered,
+            m.sdk_background_failures,
+            m.sdk_dropped,
             m.worker_info,
             m.worker_ready,
             m.stream_connected,

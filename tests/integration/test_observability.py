@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from service.telemetry import dashboard
 from service.telemetry.metrics import OperatorMetrics
 from tests.conftest import ROOT, require_tool
 from tests.integration.conftest import scrape, total, worker_url
+from tests.integration.test_cache_metrics import cache_counts, children, stored
 
 pytestmark = pytest.mark.slow
 
@@ -249,7 +251,9 @@ async def test_metric_names__dashboard_and_rules_exist_in_worker_or_operator_met
     assert {n for n in used if n.startswith("resonate_patterns_autoscaler_")}, "operator panels"
 
 
-async def test_child_hits__replayed_after_worker_restart(stacks: Any, clients: Any) -> None:
+async def test_worker_killed__replaying_parent_counts_only_children_created_after_restart(
+    stacks: Any, clients: Any
+) -> None:
     stack = await stacks(1, env={"RESONATE_PATTERNS_STEP_DELAY_MS": "150"})
     client = clients(stack.plan.url)
     supervise = asyncio.Event()
@@ -259,26 +263,79 @@ async def test_child_hits__replayed_after_worker_restart(stacks: Any, clients: A
         run = asyncio.create_task(invoke(client, pattern("process_bounded"), (list(range(20)), 1)))
         await asyncio.sleep(1.2)
         assert not run.done()
+        killed_at_ms = time.time_ns() // 1_000_000
         os.kill(stack.workers[0].pid, signal.SIGKILL)
-        await asyncio.wait_for(run, 60)
+        result = await asyncio.wait_for(run, 60)
     finally:
         supervise.set()
         await supervisor
     assert stack.workers[0].restarts == 1
     samples = await scrape(worker_url(stack, 0))
-    hits = total(
-        samples, "resonate_patterns_promise_cache_hits_total", kind="child", function="process_one"
-    )
-    misses = total(
-        samples,
-        "resonate_patterns_promise_cache_misses_total",
-        kind="child",
-        function="process_one",
-    )
-    # The new worker read the children finished before the kill from the store
-    # and executed only the rest (the one in flight at the kill runs again).
-    assert hits >= 3
-    assert hits + misses == 20
+    # The restarted worker replays process_bounded: the children created before
+    # the kill come from the store (the one in flight runs its body again) and
+    # count nothing; only the children it creates itself are new calls. What
+    # the killed worker counted died with it.
+    made = children(await stored(stack.plan.url), result.id)
+    assert len(made) == 20
+    new = [r for r in made if r["createdAt"] > killed_at_ms]
+    assert 0 < len(new) < 20
+    assert cache_counts([samples]) == {("miss", "child", "process_one"): len(new)}
+    ran = total(samples, "resonate_patterns_executions_total", function="process_one")
+    assert ran - len(new) in (0, 1), "at most the child in flight at the kill ran again"
+    assert total(samples, "resonate_patterns_tasks_redelivered_total") >= 1
+
+
+async def test_real_prometheus__hit_ratio_panel__exact_ratio_of_scripted_workload(
+    stacks: Any, prometheus: Any
+) -> None:
+    # One worker serving the HTTP API: it counts the invocations too, so every
+    # hit and miss of the workload is in the one target Prometheus scrapes, and
+    # rate() scales all of its series by the same extrapolation factor.
+    stack = await stacks(1)
+    worker = f"{stack.plan.host}:{stack.workers[0].port}"
+    url = await prometheus({"rp-resonate-patterns-worker-workers": [worker]})
+    # Scraped at least twice before the workload: every series starts at 0.
+    for _ in range(100):
+        out = await query(url, f"count_over_time(up{{instance={worker!r}}}[1m])")
+        if out["data"]["result"] and float(out["data"]["result"][0]["value"][1]) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    started = asyncio.get_running_loop().time()
+    api = f"http://{worker}/v1/patterns"
+    async with aiohttp.ClientSession() as session:
+        for name, args in WORKLOAD:
+            async with session.post(f"{api}/{name}", json={"args": args}) as resp:
+                assert resp.status == 200, await resp.text()
+    samples = await scrape(worker_url(stack, 0))
+    # The worked example of docs/metrics.md plus a fan-out of 10, twice.
+    assert cache_counts([samples]) == {
+        ("miss", "invocation", "factorial"): 2,
+        ("hit", "invocation", "factorial"): 1,
+        ("miss", "lookup", "factorial"): 6,
+        ("hit", "lookup", "factorial"): 1,
+        ("miss", "child", "factorial"): 6,
+        ("miss", "child", "factorial_publish"): 6,
+        ("miss", "invocation", "enrich_batch"): 1,
+        ("hit", "invocation", "enrich_batch"): 1,
+        ("miss", "child", "enrich_one"): 10,
+    }
+    expected = 3 / (3 + 31)
+    await asyncio.sleep(2 * SCRAPE_SECONDS + 0.5)
+    window = f"{int(asyncio.get_running_loop().time() - started) + 30}s"
+    out = await query(url, _instantiate(dashboard.HIT_RATIO, window))
+    assert out["status"] == "success", out
+    [series] = out["data"]["result"]
+    assert float(series["value"][1]) == pytest.approx(expected, rel=1e-9)
+
+
+#: The scripted workload of the hit-ratio test: (pattern, args), through the API.
+WORKLOAD: list[tuple[str, list[Any]]] = [
+    ("factorial", [5]),
+    ("factorial", [3]),
+    ("factorial", [7]),
+    ("enrich_batch", [list(range(10))]),
+    ("enrich_batch", [list(range(10))]),
+]
 
 
 async def test_worker_logs__json_lines_with_bound_context(stacks: Any, clients: Any) -> None:

@@ -1,11 +1,13 @@
-"""Cache hit/miss and depth metrics, read from the registry a worker serves."""
+"""Cache hit/miss and depth metrics, read from the registry a worker serves (embedded)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.client import invoke
-from service.patterns.registry import pattern
+import pytest
+
+from service.client import RejectedError, invoke
+from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, pattern
 from service.telemetry.metrics import DEPTH_BUCKETS, metrics_table, operator_metrics_table
 from tests.conftest import ROOT
 
@@ -52,11 +54,110 @@ async def test_lookups__misses_while_computing_then_hit_at_the_cached_level(embe
     assert (_value(runtime, MISSES, **lookup), _value(runtime, HITS, **lookup)) == (24, 1)
 
 
-async def test_local_children__executed_misses_then_replayed_hits(embedded: Any) -> None:
+async def test_local_children__one_miss_each__repeat_counts_only_the_invocation(
+    embedded: Any,
+) -> None:
     runtime = await embedded()
     child = {"function": "process_one", "kind": "child"}
     await invoke(runtime, pattern("process_bounded"), ([1, 2, 3, 4], 2))
     assert (_value(runtime, MISSES, **child), _value(runtime, HITS, **child)) == (4, 0)
+    await invoke(runtime, pattern("process_bounded"), ([1, 2, 3, 4], 2))
+    assert (_value(runtime, MISSES, **child), _value(runtime, HITS, **child)) == (4, 0)
+    inv = {"function": "process_bounded", "kind": "invocation"}
+    assert (_value(runtime, MISSES, **inv), _value(runtime, HITS, **inv)) == (1, 1)
+
+
+def _cache_counts(runtime: Any) -> dict[tuple[str, str, str], float]:
+    """Nonzero hit/miss series as {(hit|miss, kind, function): value}."""
+    out: dict[tuple[str, str, str], float] = {}
+    for family in runtime.telemetry.metrics.registry.collect():
+        for s in family.samples:
+            if s.name in (HITS, MISSES) and s.value:
+                what = "hit" if s.name == HITS else "miss"
+                out[(what, s.labels["kind"], s.labels["function"])] = s.value
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 9])
+async def test_factorial_cold__per_level__n_lookups_n_rpc_children_n_publishes_no_hit(
+    embedded: Any, n: int
+) -> None:
+    runtime = await embedded()
+    await invoke(runtime, pattern("factorial"), (n,))
+    # Levels n..1 each look up k-1 and call factorial(k-1); levels n-1..0 publish.
+    assert _cache_counts(runtime) == {
+        ("miss", "invocation", "factorial"): 1,
+        ("miss", "lookup", "factorial"): n,
+        ("miss", "child", "factorial"): n,
+        ("miss", "child", "factorial_publish"): n,
+    }
+
+
+async def test_factorial_0__no_children_at_all(embedded: Any) -> None:
+    runtime = await embedded()
+    await invoke(runtime, pattern("factorial"), (0,))
+    assert _cache_counts(runtime) == {("miss", "invocation", "factorial"): 1}
+
+
+async def test_worked_example__factorial_5_then_3_then_7__every_counter(embedded: Any) -> None:
+    runtime = await embedded()
+    results = [await invoke(runtime, pattern("factorial"), (n,)) for n in (5, 3, 7)]
+    assert [r.cached for r in results] == [False, True, False]
+    assert _cache_counts(runtime) == {
+        ("miss", "invocation", "factorial"): 2,
+        ("hit", "invocation", "factorial"): 1,
+        ("miss", "lookup", "factorial"): 6,
+        ("hit", "lookup", "factorial"): 1,
+        ("miss", "child", "factorial"): 6,
+        ("miss", "child", "factorial_publish"): 6,
+    }
+
+
+async def test_rejected_invocation__repeat_is_a_hit_on_the_stored_failure(embedded: Any) -> None:
+    runtime = await embedded()
+    inv = {"function": "enrich_batch", "kind": "invocation"}
+    for _ in range(2):
+        with pytest.raises(RejectedError, match="no such record"):
+            await invoke(runtime, pattern("enrich_batch"), ([1, "missing-2"],))
+    assert (_value(runtime, MISSES, **inv), _value(runtime, HITS, **inv)) == (1, 1)
+    child = {"function": "enrich_one", "kind": "child"}
+    assert _value(runtime, MISSES, **child) == 2
+
+
+async def test_child_functions__every_child_any_pattern_calls_is_declared(embedded: Any) -> None:
+    runtime = await embedded()
+    for name, args in (
+        ("factorial", (3,)),
+        ("enrich_batch", ([1, 2],)),
+        ("parallel_enrich", ([1, 2],)),
+        ("enrich_tolerant", ([1, "missing-1"],)),
+        ("process_bounded", ([1, 2, 3], 2)),
+        ("crawl", ({"url": "https://synthetic.local/p/0", "depth": 2},)),
+    ):
+        await invoke(runtime, pattern(name), args)
+    counted = {f for (_, kind, f) in _cache_counts(runtime) if kind == "child"}
+    assert counted == set(CHILD_FUNCTIONS)
+    looked_up = {f for (_, kind, f) in _cache_counts(runtime) if kind == "lookup"}
+    assert looked_up == set(LOOKUP_FUNCTIONS)
+
+
+def test_series__declared_at_zero_before_any_call(settings: Any) -> None:
+    from service.runtime import build_runtime
+
+    runtime = build_runtime(settings, role="client")
+    for name in CHILD_FUNCTIONS:
+        assert (
+            runtime.telemetry.metrics.registry.get_sample_value(
+                MISSES, {"function": name, "group": "workers", "kind": "child"}
+            )
+            == 0
+        )
+    assert (
+        runtime.telemetry.metrics.registry.get_sample_value(
+            HITS, {"function": "factorial", "group": "workers", "kind": "invocation"}
+        )
+        == 0
+    )
 
 
 async def test_depth_histogram__factorial_n__buckets_match_real_depths(embedded: Any) -> None:

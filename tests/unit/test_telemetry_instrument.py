@@ -1,0 +1,121 @@
+"""The execution wrapper: one count per durable call, lookups by result, lost leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from resonate.error import PlatformError, ServerError
+
+from service.telemetry.instrument import Telemetry, instrumented, lease_gone
+from service.telemetry.metrics import WorkerMetrics
+
+MISSES = "resonate_patterns_promise_cache_misses_total"
+HITS = "resonate_patterns_promise_cache_hits_total"
+
+
+@dataclass
+class _Info:
+    id: str
+    parent_id: str
+    origin_id: str
+
+
+class _Ctx:
+    """The two things the wrapper reads from a Context."""
+
+    def __init__(self, telemetry: Telemetry, promise_id: str, parent_id: str) -> None:
+        self.info = _Info(promise_id, parent_id, promise_id.split(":")[0])
+        self._telemetry = telemetry
+
+    def get_dependency(self, _: type[Any]) -> Telemetry:
+        return self._telemetry
+
+
+def _value(telemetry: Telemetry, name: str, **labels: str) -> float:
+    value = telemetry.metrics.registry.get_sample_value(name, {"group": "workers", **labels})
+    return 0.0 if value is None else value
+
+
+@instrumented("leaf")
+async def leaf(ctx: Any, x: int) -> int:
+    return x * 2
+
+
+@instrumented("lookup_leaf", cache_lookup="cached_fn")
+async def lookup_leaf(ctx: Any, answer: int | None, fail: bool = False) -> int | None:
+    if fail:
+        msg = "transient"
+        raise RuntimeError(msg)
+    return answer
+
+
+async def test_child__first_run_counts_one_miss__replays_count_nothing() -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    ctx = _Ctx(telemetry, "r:1", "r")
+    telemetry.expect_first_run("r:1")
+    assert await leaf(ctx, 2) == 4
+    assert await leaf(ctx, 2) == 4  # the same call's body again (a replay or resume)
+    assert _value(telemetry, MISSES, function="leaf", kind="child") == 1
+    assert _value(telemetry, HITS, function="leaf", kind="child") == 0
+
+
+async def test_child__no_first_run_noted__counts_nothing() -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    await leaf(_Ctx(telemetry, "r:1", "r"), 1)
+    assert _value(telemetry, MISSES, function="leaf", kind="child") == 0
+
+
+@pytest.mark.parametrize(("answer", "kind"), [(7, HITS), (None, MISSES)])
+async def test_lookup__failed_attempt_then_retry__one_lookup_counted_by_result(
+    answer: int | None, kind: str
+) -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    ctx = _Ctx(telemetry, "r:1", "r")
+    telemetry.expect_first_run("r:1")
+    with pytest.raises(RuntimeError):
+        await lookup_leaf(ctx, answer, fail=True)
+    assert await lookup_leaf(ctx, answer) == answer
+    assert await lookup_leaf(ctx, answer) == answer  # replayed: nothing more
+    assert _value(telemetry, kind, function="cached_fn", kind="lookup") == 1
+    assert (
+        _value(telemetry, HITS, function="cached_fn", kind="lookup")
+        + _value(telemetry, MISSES, function="cached_fn", kind="lookup")
+        == 1
+    )
+    assert _value(telemetry, MISSES, function="lookup_leaf", kind="child") == 0
+
+
+def _refused(code: int) -> PlatformError:
+    return PlatformError([ServerError(code, "Version mismatch")])
+
+
+def test_lease_gone__409_cause_only() -> None:
+    assert lease_gone(_refused(409))
+    assert not lease_gone(_refused(500))
+    assert not lease_gone(RuntimeError("409"))
+
+
+@instrumented("root_fn")
+async def raising(ctx: Any, exc: BaseException) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("promise_id", "parent_id", "code", "lost"),
+    [("r", "r", 409, 1), ("r:2", "r:2", 409, 1), ("r:1", "r", 409, 0), ("r", "r", 500, 0)],
+)
+async def test_lease_lost__counted_once_where_it_reaches_the_task_root(
+    promise_id: str, parent_id: str, code: int, lost: int
+) -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    with pytest.raises(PlatformError):
+        await raising(_Ctx(telemetry, promise_id, parent_id), _refused(code))
+    assert _value(telemetry, "resonate_patterns_leases_lost_total") == lost
+    assert (
+        _value(
+            telemetry, "resonate_patterns_executions_total", function="root_fn", outcome="retried"
+        )
+        == 1
+    )
