@@ -214,13 +214,13 @@ class Settings:
     http_host: str = spec(
         "RESONATE_PATTERNS_HTTP_HOST",
         "0.0.0.0",
-        "Address the worker's /healthz, /readyz and /metrics endpoint binds to.",
+        "Address the worker's HTTP server binds to (the /v1 API, /healthz, /readyz, /metrics).",
         ("a host name or IP address", _text),
     )
     http_port: int = spec(
         "RESONATE_PATTERNS_HTTP_PORT",
         "9400",
-        "Port of the worker's /healthz, /readyz and /metrics endpoint (0 = pick a free one).",
+        "Port of the worker's HTTP server: the /v1 API, /healthz, /readyz and /metrics (0 = any).",
         _int_in(0, 65535),
     )
     # -- logs ---------------------------------------------------------------------------

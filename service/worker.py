@@ -2,10 +2,12 @@
 
 A worker builds Resonate per configuration (embedded or against a server),
 registers every pattern under ``RESONATE_GROUP``, serves ``/healthz``,
-``/readyz`` and ``/metrics``, and runs until SIGINT or SIGTERM. On a signal
-it drains: it stops being ready, hands newly delivered tasks back to the
-group, lets in-flight executions finish for up to
-``RESONATE_PATTERNS_DRAIN_SECONDS``, then disconnects. Work still running at
+``/readyz``, ``/metrics`` and the HTTP API (:mod:`service.api`) on one port,
+and runs until SIGINT or SIGTERM. On a signal it drains: it stops being
+ready, hands newly delivered tasks back to the group, lets in-flight
+executions and API callers finish for up to
+``RESONATE_PATTERNS_DRAIN_SECONDS``, answers callers still waiting with 202
+(their call goes on in the group), then disconnects. Work still running at
 the deadline is not lost: its lease is released by the server (or lapses)
 and another worker replays it from the last durable step.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from service import __version__
+from service.api import InvocationApi
 from service.runtime import Runtime, build_runtime
 from service.telemetry.http import health_app, serve_http
 from service.telemetry.logging import get_logger
@@ -41,6 +44,7 @@ class Worker:
         self.metrics = WorkerMetrics(settings.group)
         self.metrics.add_process_collectors()
         self.runtime: Runtime = build_runtime(settings, role="worker", metrics=self.metrics)
+        self.api = InvocationApi(self.runtime)
         self.ready = False
         self.http_port: int | None = None
         self._stop = asyncio.Event()
@@ -66,6 +70,7 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         app = health_app(self.metrics.registry, self.is_ready)
+        self.api.install(app)
         runner, self.http_port = await serve_http(
             app, self.settings.http_host, self.settings.http_port
         )
@@ -95,23 +100,31 @@ class Worker:
             await runner.cleanup()
 
     async def drain(self) -> None:
-        """Stop taking work, let in-flight executions finish, then disconnect."""
+        """Stop taking work, let in-flight executions and API callers finish, then disconnect."""
         self.ready = False
         self._publish_ready()
         if self.runtime.gate is not None:
             self.runtime.gate.draining = True
         started = time.monotonic()
         deadline = started + self.settings.drain_seconds
-        self._log.info("drain_started", in_flight=self.runtime.pending_jobs())
+        self._log.info(
+            "drain_started", in_flight=self.runtime.pending_jobs(), api_waiting=self.api.in_flight
+        )
         # The SDK offers no completion event for its jobs, so poll the count.
-        while self.runtime.pending_jobs() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            self.runtime.pending_jobs() or self.api.in_flight
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
         left = self.runtime.pending_jobs()
+        released = self.api.in_flight
+        # Callers still waiting get 202 and a Location now; new ones get 503.
+        await self.api.close()
         await self.runtime.stop()
         self._log.info(
             "worker_stopped",
             drained=left == 0,
             abandoned=left,
+            api_released=released,
             drain_seconds=round(time.monotonic() - started, 3),
         )
 

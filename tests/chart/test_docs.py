@@ -116,6 +116,24 @@ def test_notes__how_to_call_factorial_and_open_the_dashboard(monkeypatch: Any) -
     assert "Auth:            off" in notes
 
 
+def test_notes__port_forward_and_curl_factorial_20_through_the_worker_api(monkeypatch: Any) -> None:
+    monkeypatch.setenv("KUBECONFIG", os.devnull)
+    notes = _notes()
+    assert "kubectl -n demo port-forward svc/rp-resonate-patterns-worker-workers 9400\n" in notes
+    curl = "curl -s -XPOST localhost:9400/v1/patterns/factorial -d '{\"args\":[20]}'"
+    assert notes.count(curl) == 2
+    assert '"cached": false' in notes
+    assert '"cached": true' in notes
+
+
+def test_readme__shows_the_api_through_the_worker_service() -> None:
+    text = README.read_text()
+    assert "kubectl -n resonate port-forward svc/rp-resonate-patterns-worker-workers 9400" in text
+    assert "curl -s -XPOST localhost:9400/v1/patterns/factorial -d '{\"args\":[20]}'" in text
+    for status in ("200", "202", "400", "404", "413", "422", "502", "503"):
+        assert f"| {status} |" in text, status
+
+
 def test_notes__auth_names_the_key_and_the_token_secret(monkeypatch: Any) -> None:
     monkeypatch.setenv("KUBECONFIG", os.devnull)
     notes = _notes("-f", str(CHART / "ci" / "auth-values.yaml"))

@@ -178,6 +178,15 @@ def test_test_pod__calls_factorial_10_on_the_first_group_and_checks_3628800() ->
     script = container["args"][0]
     assert '"call", "factorial", "10", "--json"' in script
     assert "3628800" in script
+    # Then the same call through the first group's worker Service (the HTTP API).
+    (service,) = [
+        s
+        for s in render(CI_VALUES["two-groups"]).component("Service", "worker")
+        if s["metadata"]["labels"]["resonate-patterns.io/group"] == "workers"
+    ]
+    api = f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{WORKER_PORT}"
+    assert f'url = "{api}/v1/patterns/factorial"' in script
+    assert 'answer.get("cached") is not True' in script
     assert "sys.exit(" in script
     assert container["command"] == ["python", "-c"]
     assert pod["spec"]["restartPolicy"] == "Never"
@@ -197,22 +206,41 @@ def _port_number(container: dict[str, Any], name: str) -> int:
     return int(port)
 
 
-@pytest.mark.parametrize("component", ["worker", "operator"])
-def test_app_ports_and_probes__9400_healthz_readyz(component: str) -> None:
+@pytest.mark.parametrize(
+    ("component", "port_name"),
+    # A worker's one port also serves the HTTP API, so it is plain "http".
+    [("worker", "http"), ("operator", "http-metrics")],
+)
+def test_app_ports_and_probes__9400_healthz_readyz(component: str, port_name: str) -> None:
     rendered = render(CI_VALUES["two-groups"])
     for deployment in rendered.component("Deployment", component):
         container = container_of(deployment)
-        assert _port_number(container, "http-metrics") == WORKER_PORT
-        assert _probe(container, "livenessProbe") == ("/healthz", "http-metrics")
-        assert _probe(container, "readinessProbe") == ("/readyz", "http-metrics")
+        assert _port_number(container, port_name) == WORKER_PORT
+        assert _probe(container, "livenessProbe") == ("/healthz", port_name)
+        assert _probe(container, "readinessProbe") == ("/readyz", port_name)
         assert literal_env(container)["RESONATE_PATTERNS_HTTP_PORT"] == str(WORKER_PORT)
     for service in rendered.component("Service", component):
         (port,) = service["spec"]["ports"]
         assert (port["name"], port["port"], port["targetPort"]) == (
-            "http-metrics",
+            port_name,
             WORKER_PORT,
-            "http-metrics",
+            port_name,
         )
+
+
+def test_worker_service__exposes_the_api_port_of_each_groups_pods() -> None:
+    rendered = render(CI_VALUES["two-groups"])
+    services = rendered.component("Service", "worker")
+    deployments = {d["metadata"]["name"]: d for d in rendered.component("Deployment", "worker")}
+    assert {s["metadata"]["name"] for s in services} == set(deployments)
+    for service in services:
+        deployment = deployments[service["metadata"]["name"]]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        (port,) = service["spec"]["ports"]
+        container_ports = {p["name"]: p["containerPort"] for p in container_of(deployment)["ports"]}
+        assert container_ports[port["targetPort"]] == port["port"] == WORKER_PORT
 
 
 # -- replicas, draining, disruption and spreading -----------------------------------------------
