@@ -1,7 +1,9 @@
 """The ``resonate-patterns`` command line (also ``python -m service``).
 
 Subcommands: ``worker`` (join a group and run every pattern), ``call``
-(invoke one pattern and print its result), ``demo`` (the README's first
+(invoke one pattern and print its result; on a terminal, a progress line
+while it waits), ``get`` (one promise: state, value or error, timing,
+children), ``ls`` (recent invocations), ``demo`` (the README's first
 command), ``server`` (the local development Resonate server), ``up`` (the
 local stack: server plus a worker group) and ``operator`` (the autoscaler).
 
@@ -14,23 +16,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 
 from service import __version__
 from service.config import Settings, load_settings, settings_table, specs
 from service.errors import ConfigError, InputError, ResonatePatternsError, UsageError
+from service.inspect import shorten
 from service.patterns.registry import PATTERNS, pattern
 from service.telemetry.logging import setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
     from service.operator.policy import PolicySpec
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+#: Seconds a call runs before its progress line appears (a quick call prints none).
+PROGRESS_AFTER_SECONDS = 0.3
+#: Most invocations ``ls`` may list in one go.
+LS_MAX = 1000
 
 
 def _run[T](main: Coroutine[Any, Any, T]) -> T:
@@ -94,6 +104,40 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for the result (600)"
     )
+    call.add_argument(
+        "--summary",
+        action="store_true",
+        help="print a large result compactly: counts and first items "
+        "(the full result stays in the store: resonate-patterns get ID --json)",
+    )
+    call.add_argument(
+        "--api",
+        metavar="URL",
+        help="send the call to a worker's HTTP API (POST URL/v1/patterns/NAME) "
+        "instead of speaking Resonate",
+    )
+
+    get = sub.add_parser(
+        "get",
+        help="show one promise: state, value or error, timing, children counts",
+        description="Show one promise (a call's id, or any id under it) from the server "
+        "(RESONATE_URL) or the embedded store (RESONATE_PATTERNS_EMBEDDED_STORE).",
+    )
+    get.add_argument("promise_id", metavar="ID", help="promise id, e.g. factorial-20")
+    get.add_argument("--json", action="store_true", help="print one JSON object (full value)")
+
+    ls = sub.add_parser(
+        "ls",
+        help="list recent invocations, newest first, one line each",
+        description="List top-level invocations from the server (RESONATE_URL) or the "
+        "embedded store (RESONATE_PATTERNS_EMBEDDED_STORE), newest first.",
+    )
+    ls.add_argument("--pending", action="store_true", help="only invocations still running")
+    ls.add_argument("--pattern", metavar="NAME", help="only invocations of this pattern")
+    ls.add_argument(
+        "--limit", type=int, default=20, help=f"most invocations to list (20; 1..{LS_MAX})"
+    )
+    ls.add_argument("--json", action="store_true", help="print one JSON array")
 
     server = sub.add_parser("server", help="run the local Resonate server (development and tests)")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -193,7 +237,7 @@ def _client_logging(settings: Settings) -> None:
 
 
 def _call_args(ns: argparse.Namespace) -> tuple[Any, ...]:
-    target = pattern(ns.pattern)
+    """The call's arguments: --args-json as given, else the pattern's words parsed."""
     if ns.args_json is not None:
         if ns.args:
             raise UsageError("give the arguments either as words or as --args-json, not both")
@@ -204,7 +248,7 @@ def _call_args(ns: argparse.Namespace) -> tuple[Any, ...]:
         if not isinstance(parsed, list):
             raise UsageError("--args-json must be a JSON array of arguments")
         return tuple(parsed)
-    return target.parse(list(ns.args))
+    return pattern(ns.pattern).parse(list(ns.args))
 
 
 def _human(value: Any) -> str:
@@ -214,29 +258,345 @@ def _human(value: Any) -> str:
     return str(value)
 
 
+def _print_call(result: dict[str, Any], ns: argparse.Namespace, *, kept: bool = True) -> None:
+    """Print a call's result object (``call --json``'s shape) as asked.
+
+    ``kept``: the result outlives this process (a server or a store file), so
+    a summary can say how to print it whole.
+    """
+    from service.inspect import (
+        NOT_KEPT_HINT,
+        full_result_command,
+        full_result_hint,
+        summarize,
+        summary_lines,
+    )
+
+    if ns.summary and ns.json:
+        compact = {k: v for k, v in result.items() if k != "result"}
+        compact["summary"] = summarize(result["result"])
+        compact["full"] = full_result_command(result["id"]) if kept else None
+        _out(json.dumps(compact))
+        return
+    if ns.json:
+        _out(json.dumps(result))
+        return
+    how = "cached" if result["cached"] else "computed"
+    if ns.summary:
+        lines = summary_lines(result["result"])
+        _out(f"{result['id']} = {lines[0]}")
+        for line in lines[1:]:
+            _out(line)
+    else:
+        lines = []
+        _out(f"{result['id']} = {_human(result['result'])}")
+    _out(f"({how} in {result['elapsed_ms']:.1f} ms)")
+    if len(lines) > 1:
+        _out(full_result_hint(result["id"]) if kept else NOT_KEPT_HINT)
+
+
+class _ProgressLine:
+    """One status line on a terminal, rewritten in place (``\r``) and erased at the end."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        # A line wider than the terminal wraps, and "\r" could not take it back.
+        try:
+            width = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            width = 0  # unknown: leave the line whole
+        if width > 0:
+            text = shorten(text, max(20, width - 1))
+        self._stream.write(f"\r{text}\x1b[K")
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+
+def _wants_progress(ns: argparse.Namespace) -> bool:
+    """A progress line only for people: stderr is a terminal and no --json."""
+    return not ns.json and sys.stderr.isatty()
+
+
+async def _watch(
+    label: str, poll: Callable[[], Awaitable[tuple[int, int]]], line: _ProgressLine
+) -> None:
+    """Show ``label``'s children settled/created until cancelled (best effort)."""
+    from service.inspect import poll_interval, progress_text
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.sleep(PROGRESS_AFTER_SECONDS)
+    while True:
+        began = loop.time()
+        try:
+            settled, created = await poll()
+        except Exception:  # a progress line must never fail the call
+            settled = created = -1
+        if created >= 0:
+            line.show(progress_text(label, settled, created, loop.time() - started))
+        await asyncio.sleep(poll_interval(loop.time() - began))
+
+
+@contextlib.asynccontextmanager
+async def _progress(
+    ns: argparse.Namespace, label: str, poll: Callable[[], Awaitable[tuple[int, int]]]
+) -> AsyncIterator[None]:
+    """While the body runs, a progress line on stderr if a person is watching."""
+    if not _wants_progress(ns):
+        yield
+        return
+    line = _ProgressLine(sys.stderr)
+    task = asyncio.create_task(_watch(label, poll, line))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        line.clear()
+
+
 async def _call(settings: Settings, ns: argparse.Namespace) -> int:
-    from service.client import invoke
+    from service.client import invoke, promise_id_for
+    from service.inspect import progress
     from service.runtime import build_runtime
 
+    if ns.api is not None:
+        return await _call_api(ns)
     target = pattern(ns.pattern)
     args = _call_args(ns)
     # Checked here too (invoke checks again) so bad input fails before a store
     # is opened or a server connected to.
     target.validate(settings, args)
+    pid = promise_id_for(target, args, ns.promise_id)
     runtime = build_runtime(settings, role="client")
     runtime.start()
+
+    async def poll() -> tuple[int, int]:
+        return await progress(runtime, pid)
+
     try:
-        result = await invoke(
-            runtime, target, args, promise_id=ns.promise_id, wait_seconds=ns.timeout
-        )
+        async with _progress(ns, pid, poll):
+            result = await invoke(runtime, target, args, promise_id=pid, wait_seconds=ns.timeout)
     finally:
         await runtime.stop()
+    _print_call(result.as_dict(), ns, kept=not _forgets(settings))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- call --api
+
+
+class ApiCallError(ResonatePatternsError):
+    """A worker's HTTP API could not be reached, or answered with a failure (exit 1)."""
+
+    def __init__(self, url: str, message: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+def _api_args(ns: argparse.Namespace) -> list[Any]:
+    """The arguments to send; the worker validates them (400), so --args-json goes as given."""
+    return list(_call_args(ns))
+
+
+def _api_error(status: int, body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return f"HTTP {status}"
+
+
+async def _call_api(ns: argparse.Namespace) -> int:
+    """``call --api URL``: invoke through a worker's HTTP API and print as ``call`` does.
+
+    200 prints the result; 400/404 are usage errors (exit 2); 422 is a
+    rejection (exit 1); 202 polls ``GET /v1/promises/{id}`` until the promise
+    settles or --timeout runs out. Connection failures are one line, exit 1.
+    """
+    import urllib.parse
+
+    import aiohttp
+
+    from service.api import MAX_WAIT_SECONDS
+    from service.client import WaitTimeoutError
+
+    if ns.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    body: dict[str, Any] = {"args": _api_args(ns)}
+    if ns.promise_id is not None:
+        body["id"] = ns.promise_id
+    base = ns.api.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--api must be an http:// or https:// URL, got {ns.api!r}")
+    url = f"{base}/v1/patterns/{urllib.parse.quote(ns.pattern, safe='')}"
+    wait = min(ns.timeout, MAX_WAIT_SECONDS)
+    started = time.perf_counter()
+    deadline = time.monotonic() + ns.timeout
+    # The worker holds the POST for up to `wait` seconds: read past that.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=wait + 30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            async with session.post(url, json=body, params={"timeout": f"{wait:g}"}) as resp:
+                status, answer = resp.status, await _json_or_none(resp)
+                location = resp.headers.get("Location")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiCallError(base, _unreachable(base, exc)) from None
+        if status == 200 and isinstance(answer, dict):
+            _print_call(answer, ns)
+            return EXIT_OK
+        if status in (400, 404):
+            raise UsageError(_api_error(status, answer))
+        if status == 422:
+            raise ApiCallError(base, _api_error(status, answer), status)
+        if status != 202 or not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise ApiCallError(
+                base, f"the worker API answered {status}: {_api_error(status, answer)}", status
+            )
+        pid = answer["id"]
+        path = location or answer.get("location") or f"/v1/promises/{urllib.parse.quote(pid)}"
+        found = await _poll_api(session, urllib.parse.urljoin(base + "/", path), pid, deadline, ns)
+    if found is None:
+        raise WaitTimeoutError(pid, ns.timeout)
+    if found.get("state") != "resolved":
+        raise ApiCallError(base, f"{pid} was rejected: {found.get('error') or found.get('state')}")
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+    result = {
+        "id": pid,
+        "pattern": ns.pattern,
+        "result": found.get("value"),
+        "cached": False,
+        "elapsed_ms": elapsed_ms,
+    }
+    _print_call(result, ns)
+    return EXIT_OK
+
+
+async def _json_or_none(resp: Any) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return None
+
+
+def _unreachable(base: str, exc: BaseException) -> str:
+    import aiohttp
+
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno is not None:
+        reason = os.strerror(exc.os_error.errno)
+    elif isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    return f"cannot reach the worker API at {base}: {reason}"
+
+
+async def _poll_api(
+    session: Any, url: str, pid: str, deadline: float, ns: argparse.Namespace
+) -> dict[str, Any] | None:
+    """GET ``url`` until the promise settles (its description) or ``deadline`` (None)."""
+    import aiohttp
+
+    latest: dict[str, int] = {"settled": 0, "created": 0}
+
+    async def poll() -> tuple[int, int]:
+        return latest["settled"], latest["created"]
+
+    async with _progress(ns, pid, poll):
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    status, answer = resp.status, await _json_or_none(resp)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ApiCallError(url, _unreachable(url, exc)) from None
+            if status == 200 and isinstance(answer, dict):
+                children = answer.get("children")
+                if isinstance(children, dict):
+                    latest["settled"] = int(children.get("settled", 0))
+                    latest["created"] = int(children.get("created", 0))
+                if answer.get("state") != "pending":
+                    return answer
+            elif status not in (503, 504):  # 503: worker draining or server down; retry
+                raise ApiCallError(
+                    url,
+                    f"polling {pid}: the worker API answered {status}: "
+                    f"{_api_error(status, answer)}",
+                    status,
+                )
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    return None
+
+
+# ------------------------------------------------------------------- get and ls
+
+
+def _forgets(settings: Settings) -> bool:
+    """Whether the store ends with this process (embedded mode, in-memory store)."""
+    from service.devserver.store import MEMORY
+
+    return settings.resonate_url is None and settings.embedded_store == MEMORY
+
+
+def _where(settings: Settings) -> str:
+    """Where get/ls read, for a not-found message."""
+    if settings.resonate_url is not None:
+        return f"on the Resonate server at {settings.resonate_url}"
+    if _forgets(settings):
+        return (
+            "(embedded mode with an in-memory store keeps nothing between commands: "
+            "set RESONATE_URL or RESONATE_PATTERNS_EMBEDDED_STORE)"
+        )
+    return f"in the embedded store {settings.embedded_store}"
+
+
+async def _get(settings: Settings, ns: argparse.Namespace) -> int:
+    from service.inspect import PromiseNotFoundError, describe, describe_lines, reader
+
+    if not ns.promise_id:
+        raise UsageError("ID must not be empty")
+    async with reader(settings) as runtime:
+        found = await describe(runtime, ns.promise_id)
+    if found is None:
+        raise PromiseNotFoundError(ns.promise_id, _where(settings))
     if ns.json:
-        _out(json.dumps(result.as_dict()))
+        _out(json.dumps(found))
     else:
-        how = "cached" if result.cached else "computed"
-        _out(f"{result.id} = {_human(result.result)}")
-        _out(f"({how} in {result.elapsed_ms:.1f} ms)")
+        for line in describe_lines(found):
+            _out(line)
+    return EXIT_OK
+
+
+async def _ls(settings: Settings, ns: argparse.Namespace) -> int:
+    from service.inspect import LS_HEADER, invocation_line, list_invocations, reader
+
+    if not 1 <= ns.limit <= LS_MAX:
+        raise UsageError(f"--limit must be between 1 and {LS_MAX}")
+    if ns.pattern is not None:
+        pattern(ns.pattern)  # an unknown name is a usage error, not an empty list
+    async with reader(settings) as runtime:
+        found = await list_invocations(
+            runtime, pending_only=ns.pending, pattern=ns.pattern, limit=ns.limit
+        )
+    if ns.json:
+        _out(json.dumps(found))
+    elif not found:
+        _out(
+            "no invocations"
+            + (" pending" if ns.pending else "")
+            + (f" {_where(settings)}" if _forgets(settings) else "")
+        )
+    else:
+        _out(LS_HEADER)
+        for entry in found:
+            _out(invocation_line(entry))
     return EXIT_OK
 
 
@@ -328,6 +688,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "call":
             _client_logging(settings)
             return asyncio.run(_call(settings, ns))
+        if ns.command == "get":
+            _client_logging(settings)
+            return asyncio.run(_get(settings, ns))
+        if ns.command == "ls":
+            _client_logging(settings)
+            return asyncio.run(_ls(settings, ns))
         if ns.command == "demo":
             from service.demo import run_demo
 
@@ -373,3 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REJECTED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout was closed early (`ls | head`): stop quietly, as `git log | head` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

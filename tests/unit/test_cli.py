@@ -1,18 +1,24 @@
-"""The CLI: results, --json, exit codes and one-line errors (real subprocesses)."""
+"""The CLI: results, --json, --summary, get/ls, exit codes and one-line errors (real subprocesses),
+and `call --api` against a stand-in worker API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import re
 import subprocess
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import ROOT, run_cli
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 
@@ -117,3 +123,317 @@ def test_readme_first_command__runs_the_demo_and_prints_results() -> None:
     assert re.search(r"crawl +\d+ pages visited down to depth 2", out)
     assert re.search(r"worker-3 +metrics http://127\.0\.0\.1:\d+/metrics", out)
     assert "stopped server (exit 0)" in out
+
+
+# ------------------------------------------------------------------- get and ls
+
+
+def test_get_and_ls__embedded_store__human_and_json(tmp_path: Path) -> None:
+    env = {"RESONATE_PATTERNS_EMBEDDED_STORE": str(tmp_path / "store.db")}
+    assert run_cli("call", "factorial", "5", env=env).returncode == 0
+    assert run_cli("call", "enrich_batch", "1", "missing-2", env=env).returncode == 1
+
+    got = run_cli("get", "factorial-5", "--json", env=env)
+    human = run_cli("get", "factorial-5", env=env)
+    listed = run_cli("ls", "--json", env=env)
+    lines = run_cli("ls", env=env)
+
+    assert got.returncode == 0, got.stderr
+    found = json.loads(got.stdout)
+    assert {k: found[k] for k in ("id", "kind", "state", "pattern", "args", "value", "error")} == {
+        "id": "factorial-5",
+        "kind": "invocation",
+        "state": "resolved",
+        "pattern": "factorial",
+        "args": "[5]",
+        "value": 120,
+        "error": None,
+    }
+    assert found["children"]["created"] == found["children"]["settled"] > 0
+    assert human.stdout.splitlines()[:4] == [
+        "factorial-5  resolved",
+        "  kind      invocation",
+        "  pattern   factorial(5)",
+        "  value     120",
+    ]
+    entries = json.loads(listed.stdout)
+    assert [(e["pattern"], e["state"]) for e in entries] == [
+        ("enrich_batch", "rejected"),
+        ("factorial", "resolved"),
+    ]
+    assert lines.stdout.splitlines()[0].split() == ["ID", "STATE", "CREATED", "TOOK", "CALL"]
+    assert len(lines.stdout.splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["get", "nothing-1"], 1, "no promise 'nothing-1' in the embedded store"),
+        (["get", ""], 2, "ID must not be empty"),
+        (["get"], 2, "the following arguments are required: ID"),
+        (["ls", "--limit", "0"], 2, "--limit must be between 1 and 1000"),
+        (["ls", "--limit", "x"], 2, "argument --limit: invalid int value: 'x'"),
+        (["ls", "--pattern", "zzz"], 2, "unknown pattern 'zzz'"),
+        (["ls", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    ],
+)
+def test_get_ls_errors__one_line_and_exit_code(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    proc = run_cli(*args, env={"RESONATE_PATTERNS_EMBEDDED_STORE": str(tmp_path / "s.db")})
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("resonate-patterns: error: ")
+    assert message in proc.stderr
+
+
+def test_get__in_memory_embedded_store__says_why_nothing_is_there() -> None:
+    proc = run_cli("get", "factorial-5")
+    assert proc.returncode == 1
+    assert "in-memory store keeps nothing between commands" in proc.stderr
+
+
+def test_get_ls__server_down__one_line_exit_1() -> None:
+    from service.stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (["get", "factorial-5"], ["ls"]):
+        proc = run_cli(*args, env={"RESONATE_URL": url}, timeout=30)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == (
+            f"resonate-patterns: error: cannot reach the Resonate server at {url}: "
+            "Connection refused\n"
+        )
+
+
+def test_call_summary__json_and_human__counts_first_items_and_where_the_rest_is(
+    tmp_path: Path,
+) -> None:
+    ids = [str(i) for i in range(200)]
+    env = {"RESONATE_PATTERNS_EMBEDDED_STORE": str(tmp_path / "store.db")}
+    as_json = run_cli("call", "enrich_batch", *ids, "--summary", "--json", env=env)
+    human = run_cli("call", "enrich_batch", *ids, "--summary", env=env)
+    in_memory = run_cli("call", "enrich_batch", *ids, "--summary")
+
+    assert as_json.returncode == 0, as_json.stderr
+    out = json.loads(as_json.stdout)
+    pid = out["id"]
+    assert out["summary"]["count"] == 200
+    assert out["summary"]["first"][0] == {
+        "id": 0,
+        "name": "record-0",
+        "score": 32,
+        "tier": "silver",
+    }
+    assert out["full"] == f"resonate-patterns get {pid} --json"
+    assert "result" not in out
+    lines = human.stdout.splitlines()
+    assert lines[0] == f"{pid} = list of 200 items; first 3:"
+    assert lines[4] == "  ... 197 more"
+    assert lines[5].startswith("(cached in "), "the same call again: answered from the store"
+    assert lines[6] == f"full result: resonate-patterns get {pid} --json"
+    assert in_memory.stdout.splitlines()[6] == (
+        "full result: not kept (in-memory embedded store); use --json, "
+        "or set RESONATE_PATTERNS_EMBEDDED_STORE or RESONATE_URL"
+    )
+    full = json.loads(run_cli("get", pid, "--json", env=env).stdout)
+    assert len(full["value"]) == 200
+
+
+def test_call__on_a_pipe__no_progress_line() -> None:
+    proc = run_cli(
+        "call",
+        "process_bounded",
+        "2",
+        "1",
+        "2",
+        "3",
+        "4",
+        env={"RESONATE_PATTERNS_STEP_DELAY_MS": "300"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "\r" not in proc.stdout
+
+
+# ------------------------------------------------------------------- call --api
+
+
+class _StandInApi:
+    """A worker API stand-in: scripted answers per pattern name, requests recorded."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
+        self.polls = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/patterns/{name}", self.post)
+        app.router.add_get("/v1/promises/{id}", self.get)
+        return app
+
+    async def post(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.json()
+        self.posts.append((name, dict(request.query), body))
+        if name == "factorial" and body["args"] == [-1]:
+            return web.json_response({"error": "factorial: n must be >= 0, got -1"}, status=400)
+        if name == "factorial":
+            n = body["args"][0]
+            result = {"id": f"factorial-{n}", "pattern": name, "result": math.factorial(n)}
+            return web.json_response(result | {"cached": True, "elapsed_ms": 1.5})
+        if name == "enrich_batch":
+            message = "enrich_batch-1 was rejected: cannot enrich 'missing-2': no such record"
+            return web.json_response({"error": message, "id": "enrich_batch-1"}, status=422)
+        if name in ("process_bounded", "stuck"):
+            pid = f"{name}-1"
+            return web.json_response(
+                {"id": pid, "location": f"/v1/promises/{pid}"},
+                status=202,
+                headers={"Location": f"/v1/promises/{pid}"},
+            )
+        if name == "broken":
+            return web.Response(status=500, text="Internal Server Error")
+        return web.json_response({"error": f"unknown pattern {name!r}"}, status=404)
+
+    async def get(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        self.polls += 1
+        done = pid == "process_bounded-1" and self.polls >= 3
+        return web.json_response(
+            {
+                "id": pid,
+                "state": "resolved" if done else "pending",
+                "value": [1, 4, 9] if done else None,
+                "error": None,
+                "children": {"created": 3, "settled": 3 if done else self.polls, "pending": 0},
+            }
+        )
+
+
+async def _serve(api: _StandInApi) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(api.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    """The CLI as a subprocess, awaited, so this test's event loop keeps serving."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[tuple[_StandInApi, str]]:
+    api = _StandInApi()
+    runner, url = await _serve(api)
+    yield api, url
+    await runner.cleanup()
+
+
+async def test_call_api__200__prints_the_workers_result_as_call_does(stand_in: Any) -> None:
+    api, url = stand_in
+    code, out, err = await _cli("call", "factorial", "5", "--api", url, "--json")
+    human = await _cli("call", "factorial", "5", "--api", url + "/", "--timeout", "7")
+
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "id": "factorial-5",
+        "pattern": "factorial",
+        "result": 120,
+        "cached": True,
+        "elapsed_ms": 1.5,
+    }
+    assert human == (0, "factorial-5 = 120\n(cached in 1.5 ms)\n", "")
+    # The wait is --timeout, bounded by the API's longest wait (300 s).
+    assert api.posts == [
+        ("factorial", {"timeout": "300"}, {"args": [5]}),
+        ("factorial", {"timeout": "7"}, {"args": [5]}),
+    ]
+
+
+async def test_call_api__id_and_args_json__sent_as_given(stand_in: Any) -> None:
+    api, url = stand_in
+    code, _, err = await _cli(
+        "call", "factorial", "--args-json", "[6]", "--id", "mine", "--api", url
+    )
+    assert code == 0, err
+    assert api.posts[0][2] == {"args": [6], "id": "mine"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["factorial", "--args-json", "[-1]"], 2, "factorial: n must be >= 0, got -1"),
+        (["nope", "--args-json", "[1]"], 2, "unknown pattern 'nope'"),
+        (["enrich_batch", "1", "missing-2"], 1, "was rejected: cannot enrich 'missing-2'"),
+        (["broken", "--args-json", "[]"], 1, "the worker API answered 500"),
+        (["stuck", "--args-json", "[]", "--timeout", "1.2"], 1, "no result for stuck-1 after 1.2s"),
+    ],
+)
+async def test_call_api__error_statuses__one_line_and_exit_code(
+    stand_in: Any, args: list[str], code: int, message: str
+) -> None:
+    _, url = stand_in
+    got_code, out, err = await _cli("call", *args, "--api", url)
+    assert got_code == code, err
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith("resonate-patterns: error: ")
+    assert message in err
+
+
+async def test_call_api__202__polls_the_promise_until_settled(stand_in: Any) -> None:
+    api, url = stand_in
+    code, out, err = await _cli(
+        "call", "process_bounded", "1", "1", "2", "3", "--api", url, "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert {k: result[k] for k in ("id", "pattern", "result", "cached")} == {
+        "id": "process_bounded-1",
+        "pattern": "process_bounded",
+        "result": [1, 4, 9],
+        "cached": False,
+    }
+    assert api.polls == 3
+
+
+async def test_call_api__connection_refused__one_line_exit_1() -> None:
+    from service.stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await _cli("call", "factorial", "5", "--api", url)
+    assert (code, out) == (1, "")
+    assert (
+        err
+        == f"resonate-patterns: error: cannot reach the worker API at {url}: Connection refused\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--api", "localhost:8080"], "--api must be an http:// or https:// URL"),
+        (["--api", "http://x", "--timeout", "0"], "--timeout must be positive"),
+    ],
+)
+async def test_call_api__bad_flags__exit_2(args: list[str], message: str) -> None:
+    code, _, err = await _cli("call", "factorial", "5", *args)
+    assert code == 2
+    assert message in err
