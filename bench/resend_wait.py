@@ -172,7 +172,7 @@ async def run_one(scenario: Scenario, args: argparse.Namespace, run: int) -> Res
             return Result(
                 scenario,
                 stranded=int(gone["unacquired_tasks"]),
-                released=int(gone["released_tasks"]),
+                released=int(gone["leased_tasks"]),
                 waits=sorted(t - killed_at for t in first_start.values()),
                 finished_after=finished_after,
                 executes=executes,

@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave a disconnected worker's tasks to lease expiry instead of releasing them",
     )
     server.add_argument(
+        "--release-grace-seconds",
+        type=float,
+        default=1.5,
+        help="release a disconnected worker's tasks only if it has not reconnected (same "
+        "process id) within this many seconds, so a dropped stream costs no leases; "
+        "0 releases them as the stream closes (1.5)",
+    )
+    server.add_argument(
         "--retry-ms",
         type=int,
         default=None,
@@ -634,6 +642,8 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
         raise UsageError("--retry-ms must be at least 1")
     if ns.keepalive_seconds <= 0:
         raise UsageError("--keepalive-seconds must be positive")
+    if not 0 <= ns.release_grace_seconds < float("inf"):  # also refuses nan
+        raise UsageError("--release-grace-seconds must be a number of seconds, 0 or more")
     retry_ms = ns.retry_ms if ns.retry_ms is not None else retry_ms_from_env(os.environ)
     auth = auth_options(ns.auth_public_key, ns.auth_iss, ns.auth_aud, os.environ)
     data = ns.data if ns.data is not None else str(Path(settings.data_dir) / "server.db")
@@ -641,6 +651,7 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
         data=data,
         fsync=ns.fsync,
         release_on_disconnect=not ns.no_release_on_disconnect,
+        release_grace_seconds=ns.release_grace_seconds,
         resend_on_close=not ns.no_resend_on_close,
         keepalive_seconds=ns.keepalive_seconds,
         retry_ms=retry_ms,

@@ -9,9 +9,13 @@ Routes (the official server's, plus health and metrics on the same port):
   is stored.
 * ``GET /poll/{group}/{pid}`` — Server-Sent Events: one ``data:`` line per
   message, ``: ping`` comments while idle. When a process's last stream
-  closes, the tasks it holds are released at once (``--no-release-on-disconnect``
-  turns that off and leaves them to lease expiry), and every ``execute`` that
-  stream had written whose task is still not acquired is sent again at once
+  closes, the tasks it holds are released unless the same process (pid)
+  opens a stream again within ``--release-grace-seconds`` (1.5 s): a worker
+  whose connection merely dropped reconnects within 0.1 s and keeps its
+  leases, a killed one has its work re-delivered once the grace runs out
+  (``--no-release-on-disconnect`` turns the release off and leaves the leases
+  to expire). Every ``execute`` that stream had written whose task is still
+  not acquired is sent again at once, without waiting for the grace
   (``--no-resend-on-close`` leaves those to the retry timer, ``--retry-ms``,
   30 s by default like the official ``tasks.retry_timeout``).
 * ``GET /healthz`` ``/readyz`` ``/metrics`` (``/health`` and ``/ready`` too,
@@ -28,7 +32,7 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from aiohttp import web
@@ -58,8 +62,22 @@ _JSON = "application/json"
 _STOP_GRACE_SECONDS = 5.0
 #: The official server's variable for the retry timeout (ms), honoured by ``server``.
 ENV_RETRY_TIMEOUT = "RESONATE_TASKS__RETRY_TIMEOUT"
-#: Most task ids listed in one ``worker_disconnected`` log event.
+#: Most task ids listed in one ``worker_disconnected`` or ``worker_released`` log event.
 _LOGGED_IDS = 100
+#: How long a process whose last stream closed has to open one again before
+#: its leases are released. A live worker's stream (``EventStream``) reconnects
+#: 0.1 s after it ends, and 0.3 s / 0.7 s after that if those attempts fail:
+#: all well inside 1.5 s, with room for a slow handshake or a busy event loop.
+#: A ``kill -9``'d worker's in-flight work restarts 1.5 s after its stream
+#: closes (instead of a 60 s lease TTL).
+DEFAULT_RELEASE_GRACE_SECONDS = 1.5
+
+#: Why a process's leases were released after its last stream closed.
+ReleaseReason = Literal["grace_elapsed", "server_stopping"]
+#: What happened to a process's leases when one of its streams closed.
+ReleaseOutcome = Literal[
+    "after_grace", "immediate", "other_stream_open", "disabled", "server_stopping"
+]
 
 
 @dataclass(frozen=True)
@@ -70,8 +88,11 @@ class ServerOptions:
     data: str = MEMORY
     #: fsync every commit.
     fsync: bool = False
-    #: Release a process's leases as soon as its last stream closes.
+    #: Release a process's leases when its last stream closes (after the grace).
     release_on_disconnect: bool = True
+    #: Seconds a process whose last stream closed has to reconnect (same pid)
+    #: and keep its leases; 0 releases them as the stream closes.
+    release_grace_seconds: float = DEFAULT_RELEASE_GRACE_SECONDS
     #: Re-send at once the unacquired ``execute`` messages of a stream that closed.
     resend_on_close: bool = True
     #: Idle stream ping interval.
@@ -104,6 +125,16 @@ class DevServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._fast: set[ApiFastPath] = set()
+        #: pid -> the release of its leases, due when the grace runs out.
+        self._pending_releases: dict[str, _PendingRelease] = {}
+        #: Releases whose grace ran out and that are being applied (``stop`` waits).
+        self._releasing: set[asyncio.Task[None]] = set()
+        #: The tasks serving open event streams (``stop`` ends them), and
+        #: whether there are none.
+        self._streams: set[asyncio.Task[object]] = set()
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
+        self._stopping = False
         self._log = get_logger("service.devserver")
 
     def app(self) -> web.Application:
@@ -138,6 +169,7 @@ class DevServer:
             port=self.port,
             data=self.options.data,
             release_on_disconnect=self.options.release_on_disconnect,
+            release_grace_seconds=self.options.release_grace_seconds,
             resend_on_close=self.options.resend_on_close,
             retry_ms=self.engine.state.retry_ms,
             auth=_auth_mode(self.auth),
@@ -146,17 +178,31 @@ class DevServer:
 
     async def stop(self) -> None:
         self.ready = False
+        # Streams that the shutdown itself closes release nothing: those
+        # workers are alive, and with a stored state they reconnect to the
+        # restarted server and go on heartbeating their leases. A process
+        # whose stream had already closed is still waited for; it cannot be
+        # any longer, so its release is applied now rather than lost with
+        # its timer (``up`` stops its workers before the server, so that
+        # process has exited).
+        self._stopping = True
+        await self._release_pending_now()
         if self._listener is not None:
             self._listener.close()
             # Requests already read are answered (their changes are applied
             # either way) before their connections close.
             await asyncio.gather(*(conn.shutdown(_STOP_GRACE_SECONDS) for conn in list(self._fast)))
+        await self._end_streams()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+        # Releases already under way finish (their effects are committed)
+        # before the store closes; no timer outlives the server.
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self._release_pending_now()
         await self.engine.stop()
         self._log.info("server_stopped")
 
@@ -202,14 +248,21 @@ class DevServer:
             return web.json_response(
                 {"error": "group and pid must be 1-253 URL-safe characters"}, status=400
             )
+        if self._stopping:  # a stream opened now would hold up the shutdown
+            return web.Response(status=503, text="Server stopping")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         conn = self.hub.connect(group, pid)
         self._log.info("worker_connected", group=conn.group, pid=pid)
+        self._keep_leases(conn)
         keepalive = self.options.keepalive_seconds
         unacquired = self.engine.state.still_unacquired
+        serving = asyncio.current_task()
+        if serving is not None:
+            self._streams.add(serving)
+            self._no_streams.clear()
         try:
             while True:
                 try:
@@ -226,26 +279,74 @@ class DevServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            await self._stream_closed(conn)
+            try:
+                await self._stream_closed(conn)
+            finally:
+                if serving is not None:
+                    self._streams.discard(serving)
+                if not self._streams:
+                    self._no_streams.set()
         return response
 
+    async def _end_streams(self) -> None:
+        """End every open event stream (the server is stopping).
+
+        A stream never ends on its own; left to aiohttp's shutdown, each one
+        would hold ``stop`` for its 60 s timeout, twice.
+        """
+        for task in list(self._streams):
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_GRACE_SECONDS):
+                await self._no_streams.wait()
+
     async def _stream_closed(self, conn: Connection) -> None:
-        """Clean up after a stream: release its process's leases, re-send its unacquired work.
+        """Clean up after a stream: re-send its unacquired work, release its process's leases.
 
         Both only when it was the process's last stream: a process that still
         has another stream open is alive, holds its leases and has read (or
         will be re-sent by the timer) what it was sent.
+
+        The leases are released only after the reconnect grace
+        (:meth:`_schedule_release`), because a live worker whose connection
+        dropped opens a new stream within 0.1 s and is still running the
+        work it holds; releasing at once would hand that work to another
+        worker (it would run twice) and fail the first worker's fenced writes
+        with 409.
+
+        The unacquired ``execute`` messages are re-sent at once, grace or
+        not, deliberately: the server cannot tell whether the bytes it wrote
+        to a connection that dropped ever reached the worker, and a new
+        stream does not replay them. If they did arrive, the copy costs one
+        message and a 409 on the slower of two acquires (the task still runs
+        once); if they did not, waiting would leave the task to the retry
+        timer (30 s by default). For a worker that was killed, waiting would
+        only delay its queued work by the grace.
         """
         self.hub.disconnect(conn)
+        state = self.engine.state
+        gone = not self.hub.has_pid(conn.pid)
+        leased = len(state.leases.get(conn.pid, ()))
         released: list[str] = []
         resent: list[str] = []
-        gone = not self.hub.has_pid(conn.pid)
-        if gone and self.options.release_on_disconnect:
+        grace = self.options.release_grace_seconds
+        release: ReleaseOutcome
+        if not gone:
+            release = "other_stream_open"
+        elif not self.options.release_on_disconnect:
+            release = "disabled"
+        elif self._stopping:
+            release = "server_stopping"
+        elif grace > 0:
+            release = "after_grace"
+            self._schedule_release(conn, grace)
+        else:
+            release = "immediate"
             with contextlib.suppress(Exception):
                 released = await asyncio.shield(self.engine.release_pid(conn.pid))
-        # Tasks released above were acquired (a newer version), so they are
-        # not among these; what is left was written and never acquired.
-        state = self.engine.state
+        # Released tasks were acquired (a newer version than any written to
+        # the stream), so they are never among these; what is left was
+        # written and never acquired.
         stranded = [(t, v) for t, v in conn.written.items() if state.still_unacquired(t, v)]
         if gone and stranded and self.options.resend_on_close:
             with contextlib.suppress(Exception):
@@ -254,11 +355,95 @@ class DevServer:
             "worker_disconnected",
             group=conn.group,
             pid=conn.pid,
+            release=release,
+            leased_tasks=leased,
+            release_grace_seconds=grace,
+            # Released as the stream closed: only with a zero grace (see
+            # the ``worker_released`` event for releases after the grace).
             released_tasks=len(released),
             unacquired_tasks=len(stranded),
             resent_tasks=len(resent),
             unacquired_task_ids=[t for t, _ in stranded[:_LOGGED_IDS]],
         )
+
+    # ------------------------------------------------------- the reconnect grace
+
+    def _schedule_release(self, conn: Connection, grace: float) -> None:
+        """Release ``conn.pid``'s leases in ``grace`` seconds unless it reconnects first."""
+        loop = asyncio.get_running_loop()
+        earlier = self._pending_releases.pop(conn.pid, None)
+        if earlier is not None:  # cannot happen (a reconnect cancels it); never leak a timer
+            earlier.timer.cancel()
+        timer = loop.call_later(grace, self._release_due, conn.pid)
+        self._pending_releases[conn.pid] = _PendingRelease(conn.group, loop.time(), timer)
+
+    def _keep_leases(self, conn: Connection) -> None:
+        """A stream opened: cancel its process's release if one is pending."""
+        pending = self._pending_releases.pop(conn.pid, None)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        self._log.info(
+            "worker_reconnected",
+            group=conn.group,
+            pid=conn.pid,
+            after_seconds=round(asyncio.get_running_loop().time() - pending.closed_at, 3),
+            leases_kept=len(self.engine.state.leases.get(conn.pid, ())),
+        )
+
+    def _release_due(self, pid: str) -> None:
+        """The grace ran out: release ``pid``'s leases (timer callback)."""
+        pending = self._pending_releases.pop(pid, None)
+        if pending is None or self._stopping:
+            return
+        task = asyncio.create_task(self._release(pid, pending, "grace_elapsed"))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_pending_now(self) -> None:
+        """Apply every pending release at once (the server is stopping); leave no timer."""
+        due, self._pending_releases = self._pending_releases, {}
+        for pending in due.values():
+            pending.timer.cancel()
+        for pid, pending in due.items():
+            await self._release(pid, pending, "server_stopping")
+
+    async def _release(self, pid: str, pending: _PendingRelease, reason: ReleaseReason) -> None:
+        # Checked in the same step as the state change inside ``release_pid``,
+        # so a stream opened in between cannot lose its leases. Never
+        # cancelled: the change, once applied, is committed and delivered.
+        if self.hub.has_pid(pid):
+            return
+        try:
+            released = await self.engine.release_pid(pid)
+        except Exception as exc:
+            self._log.error("worker_release_failed", pid=pid, error=str(exc))
+            return
+        self._log.info(
+            "worker_released",
+            group=pending.group,
+            pid=pid,
+            reason=reason,
+            after_seconds=round(asyncio.get_running_loop().time() - pending.closed_at, 3),
+            released_tasks=len(released),
+            released_task_ids=released[:_LOGGED_IDS],
+        )
+
+    @property
+    def pending_releases(self) -> frozenset[str]:
+        """Processes whose leases will be released unless they reconnect in time."""
+        return frozenset(self._pending_releases)
+
+
+@dataclass(frozen=True)
+class _PendingRelease:
+    """A release of one process's leases, waiting out the reconnect grace."""
+
+    #: The group of the stream that closed (for the log).
+    group: str
+    #: When it closed (event loop clock).
+    closed_at: float
+    timer: asyncio.TimerHandle
 
 
 def _auth_mode(auth: Verifier | None) -> str:
