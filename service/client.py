@@ -26,7 +26,12 @@ from resonate.error import InvalidIdError, ServerError
 
 from service.connector.envelopes import SETTLED_STATES
 from service.connector.sdk import TaskData, Value, anycast_address, now_ms, validate_root_id
-from service.errors import AuthRefusedError, ResonatePatternsError, UsageError
+from service.errors import (
+    AuthRefusedError,
+    ResonatePatternsError,
+    ServerUnavailableError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from resonate.promises import Promises
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 #: Deadline of an invocation's promise: the SDK's default for a top-level call
 #: (``resonate.resonate.DEFAULT_TOP_LEVEL_TIMEOUT``, one day).
 ROOT_TIMEOUT_MS = 24 * 60 * 60 * 1000
+#: Least time the server gets to confirm an invocation's create, whatever the wait.
+CREATE_TIMEOUT_SECONDS = 10.0
 
 
 class RejectedError(ResonatePatternsError):
@@ -140,13 +147,17 @@ async def invoke(
     loop = asyncio.get_running_loop()
     deadline = None if wait_seconds is None else loop.time() + wait_seconds
     await runtime.opened()
+    # The create gets at least CREATE_TIMEOUT_SECONDS even when the caller's wait
+    # is shorter: a wait that ends before the server has the promise would
+    # report a call as running that may never have been stored.
+    create_within = None if wait_seconds is None else max(wait_seconds, CREATE_TIMEOUT_SECONDS)
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout(create_within):
             state, value = await create_root(
                 runtime.resonate.promises, pid, pattern.name, args, runtime.settings.group
             )
     except TimeoutError:
-        raise WaitTimeoutError(pid, wait_seconds or 0) from None
+        raise ServerUnavailableError(pid, create_within or 0) from None
     except ServerError as exc:
         if exc.code in (401, 403):
             raise AuthRefusedError(exc.code, exc.message, pid) from None

@@ -85,3 +85,15 @@ class AuthRefusedError(ResonatePatternsError):
         super().__init__(
             f"the Resonate server refused the request ({status} {server_message}): {why}"
         )
+
+
+class ServerUnavailableError(ResonatePatternsError):
+    """The Resonate server did not confirm an invocation's create in time."""
+
+    def __init__(self, promise_id: str, seconds: float) -> None:
+        self.promise_id = promise_id
+        super().__init__(
+            f"the Resonate server did not confirm {promise_id} within {seconds:g}s; it may "
+            "or may not have started: call again with the same arguments (same id) to "
+            "pick it up safely"
+        )

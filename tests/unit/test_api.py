@@ -512,3 +512,16 @@ async def test_get__server_never_answers__503_within_the_describe_timeout(
     assert status == 503
     assert body["error"] == "the Resonate server is unavailable: no answer within 0.2 s"
     assert time.monotonic() - started < 2
+
+
+async def test_post__timeout_shorter_than_the_create__202_location_always_exists(
+    serve: Any,
+) -> None:
+    served = await serve(RESONATE_PATTERNS_STEP_DELAY_MS="300")
+    status, body, resp = await served.post(
+        "enrich_batch", {"args": [[1, 2]], "id": "tiny-wait"}, "?timeout=0.000001"
+    )
+    assert (status, body["id"], resp.headers["Location"]) == (202, "tiny-wait", body["location"])
+    status, found = await served.get(body["location"])
+    assert status == 200  # the call was stored before the 202, never a dangling Location
+    assert found["id"] == "tiny-wait"
