@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -253,10 +254,38 @@ def _call_args(ns: argparse.Namespace) -> tuple[Any, ...]:
             parsed = json.loads(ns.args_json)
         except json.JSONDecodeError as exc:
             raise UsageError(f"--args-json is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise UsageError("--args-json is nested too deeply") from None
+        except ValueError as exc:  # e.g. a number of more than 4300 digits
+            raise UsageError(f"--args-json cannot be read: {exc}") from None
         if not isinstance(parsed, list):
             raise UsageError("--args-json must be a JSON array of arguments")
         return tuple(parsed)
     return pattern(ns.pattern).parse(list(ns.args))
+
+
+def _check_call_options(ns: argparse.Namespace) -> None:
+    """Refuse a bad ``--timeout`` or ``--id`` before anything is stored or connected to.
+
+    An id the server would refuse (too long, not UTF-8) would otherwise be
+    retried until ``--timeout``; an id longer than :data:`MAX_ROOT_ID_CHARS`
+    would leave no room for the ids the SDK mints below it.
+    """
+    from service.patterns.validation import MAX_ROOT_ID_CHARS
+
+    if not 0 < ns.timeout < float("inf"):  # also refuses nan
+        raise UsageError(f"--timeout must be positive (seconds), got {ns.timeout:g}")
+    pid = ns.promise_id
+    if pid is None:
+        return
+    if not pid:
+        raise UsageError("--id must not be empty")
+    if len(pid) > MAX_ROOT_ID_CHARS:
+        raise UsageError(f"--id must have at most {MAX_ROOT_ID_CHARS} characters, got {len(pid)}")
+    try:
+        pid.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("--id must be valid UTF-8 text (it holds a lone surrogate)") from None
 
 
 def _human(value: Any) -> str:
@@ -378,6 +407,7 @@ async def _call(settings: Settings, ns: argparse.Namespace) -> int:
     from service.inspect import progress
     from service.runtime import build_runtime
 
+    _check_call_options(ns)
     if ns.api is not None:
         return await _call_api(ns)
     target = pattern(ns.pattern)
@@ -673,6 +703,66 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Seconds ``call`` and ``demo`` wait for the Resonate server to accept a connection.
+PROBE_SECONDS = 5.0
+
+
+async def _probe_server(url: str, token: str | None = None, within: float = PROBE_SECONDS) -> None:
+    """Refuse at once when no Resonate server answers at ``url`` (one line, exit 1).
+
+    Without it the SDK retries a refused connection until ``--timeout`` (the
+    call ends with "it keeps running" although nothing was ever sent), and a
+    URL that reaches some other HTTP server ends in a traceback. The probe is
+    one ``promise.get`` of an id nobody uses: any Resonate server (local or
+    official) answers it with a reply envelope, whatever the status (a 401
+    is still a Resonate server; the call then reports the refusal itself).
+    """
+    import aiohttp
+
+    from service.connector.sdk import PROTOCOL_VERSION
+    from service.errors import ServerUnreachableError
+
+    head = {"corrId": "resonate-patterns-probe", "version": PROTOCOL_VERSION}
+    if token is not None:  # as the SDK sends it, so an auth-on server logs no refusal
+        head["auth"] = token
+    probe = {"kind": "promise.get", "head": head, "data": {"id": "resonate-patterns-probe"}}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=within)) as session,
+            session.post(url.rstrip("/") + "/", json=probe) as resp,
+        ):
+            status = resp.status
+            answer = await _json_or_none(resp)
+    except TimeoutError:
+        raise ServerUnreachableError(url, f"no answer within {within:g}s") from None
+    except aiohttp.ClientConnectorError as exc:
+        reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc)
+        raise ServerUnreachableError(url, reason) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ServerUnreachableError(url, str(exc) or type(exc).__name__) from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("head"), dict):
+        raise ServerUnreachableError(url, f"it answers HTTP {status} but not as a Resonate server")
+
+
+def _check_worker_port(settings: Settings) -> None:
+    """A worker whose HTTP port is taken stops before joining the group (one line, exit 2)."""
+    from service.stack import port_taken
+
+    why = port_taken(settings.http_host, settings.http_port)
+    if why is not None:
+        raise UsageError(
+            f"RESONATE_PATTERNS_HTTP_PORT: {why}; give each worker on this host its own "
+            "port (0 picks any)"
+        )
+
+
+def _check_group_flag(group: str | None) -> None:
+    from service.config import GROUP_ACCEPTED, GROUP_RE
+
+    if group is not None and not GROUP_RE.match(group):
+        raise UsageError(f"--group {group!r} is invalid: expected {GROUP_ACCEPTED}")
+
+
 def _config(settings: Settings) -> int:
     _out(settings_table())
     _out("")
@@ -694,10 +784,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.worker import run_worker
 
             setup_logging(settings.log_level, settings.log_format)
-            _run(run_worker(settings))
+            _check_worker_port(settings)
+            try:
+                _run(run_worker(settings))
+            except OSError as exc:  # the port was taken between the check and the bind
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise UsageError(
+                    f"RESONATE_PATTERNS_HTTP_PORT: {settings.http_host}:{settings.http_port} "
+                    "is already in use by another process"
+                ) from None
             return EXIT_OK
         if ns.command == "call":
             _client_logging(settings)
+            _check_call_options(ns)
+            if settings.resonate_url is not None and ns.api is None:
+                asyncio.run(_probe_server(settings.resonate_url, settings.token))
             return asyncio.run(_call(settings, ns))
         if ns.command == "get":
             _client_logging(settings)
@@ -709,6 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.demo import run_demo
 
             _client_logging(settings)
+            if settings.resonate_url is not None:
+                asyncio.run(_probe_server(settings.resonate_url, settings.token))
             return asyncio.run(run_demo(settings, _out))
         if ns.command == "server":
             return _server(settings, ns)
@@ -718,6 +822,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(settings.log_level, settings.log_format)
             if not 0 <= ns.workers <= 64:
                 raise UsageError("--workers must be between 0 and 64")
+            if not 0 <= ns.port <= 65535:
+                raise UsageError("--port must be between 0 and 65535")
+            _check_group_flag(ns.group)
             return _run(
                 run_stack(
                     settings,

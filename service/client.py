@@ -167,8 +167,7 @@ async def invoke(
     if state != "resolved":
         try:
             async with asyncio.timeout_at(deadline):
-                handle = await runtime.resonate.get(pid)
-                value = await handle.result()
+                value = await _result(runtime, pid)
         except TimeoutError:
             raise WaitTimeoutError(pid, wait_seconds or 0) from None
         except ServerError as exc:
@@ -179,3 +178,34 @@ async def invoke(
             raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
     return CallResult(pid, pattern.name, value, cached, elapsed_ms)
+
+
+#: Pause before waiting again on a promise whose wait failed while it is still pending.
+REWAIT_PAUSE_SECONDS = 0.5
+
+
+async def _result(runtime: Runtime, pid: str) -> Any:
+    """Wait for promise ``pid`` to settle; its value, or the error it was rejected with.
+
+    A failed wait is reported only once the store agrees: the SDK settles a
+    handle with a made-up rejection when one listener registration is
+    answered 404 (``Awaited promise not found``), which a server restarting
+    or catching up after an outage can answer for a moment. So after any
+    failure the promise is read: still pending means the call goes on, and
+    the wait starts again; settled (or really gone) means the failure stands.
+    """
+    while True:
+        handle = await runtime.resonate.get(pid)
+        try:
+            return await handle.result()
+        except Exception:
+            try:
+                record = await runtime.resonate.promises.get(pid)
+            except ServerError as exc:
+                if exc.code >= 500:  # not an answer about the promise: wait again
+                    await asyncio.sleep(REWAIT_PAUSE_SECONDS)
+                    continue
+                raise
+            if record.state != "pending":
+                raise
+        await asyncio.sleep(REWAIT_PAUSE_SECONDS)

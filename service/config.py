@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlparse
 
 from service.errors import ConfigError
+from service.patterns.validation import MAX_FACTORIAL_N
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -97,7 +98,8 @@ def _group(raw: str) -> str:
     return value
 
 
-_GROUP_ACCEPTED = "a lowercase DNS label (a-z, 0-9, '-', at most 63 characters)"
+GROUP_ACCEPTED = "a lowercase DNS label (a-z, 0-9, '-', at most 63 characters)"
+_GROUP_ACCEPTED = GROUP_ACCEPTED
 
 
 def _url(raw: str) -> str:
@@ -240,8 +242,9 @@ class Settings:
     max_n: int = spec(
         "RESONATE_PATTERNS_MAX_N",
         "1000",
-        "Largest n factorial accepts (each level is one durable rpc).",
-        _int_in(0, 100000),
+        "Largest n factorial accepts (each level is one durable rpc); at most the "
+        "largest whose n! can be stored (more than 4300 digits cannot cross a JSON codec).",
+        _int_in(0, MAX_FACTORIAL_N),
     )
     max_fanout: int = spec(
         "RESONATE_PATTERNS_MAX_FANOUT",

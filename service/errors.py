@@ -55,6 +55,26 @@ class StoreBusyError(UsageError):
         )
 
 
+class StackRefusedError(UsageError):
+    """``up`` refuses to start: what it would need is taken (exit code 2)."""
+
+
+class StackStartError(ResonatePatternsError):
+    """A process of the local stack did not become ready (exit code 1)."""
+
+
+class ServerUnreachableError(ResonatePatternsError):
+    """Nothing accepts connections at the configured Resonate server URL (exit code 1)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"cannot reach the Resonate server at {url} (RESONATE_URL): {reason}; "
+            "start it (resonate-patterns up) or fix RESONATE_URL"
+        )
+
+
 class EnrichmentError(ResonatePatternsError):
     """One record could not be enriched (a per-child failure in fan-outs)."""
 

@@ -32,7 +32,12 @@ from resonate.retry import Never
 from service.connector.drain import DrainGate
 from service.connector.heartbeat import LeaseHeartbeat
 from service.connector.http import PooledHttpNetwork
-from service.connector.sdk import NoopHeartbeat, make_sender, pending_jobs
+from service.connector.sdk import (
+    NoopHeartbeat,
+    install_execution_slots,
+    make_sender,
+    pending_jobs,
+)
 from service.connector.sse import EventStream
 from service.devserver.embedded import EmbeddedConnection
 from service.patterns.deps import PatternDeps
@@ -182,11 +187,13 @@ def build_runtime(
             group=group,
             token=token,
             read_timeout=settings.stream_read_timeout_seconds,
+            # A worker tells the server how much it can run at once (flow control).
+            capacity=settings.max_concurrent_tasks if role == "worker" else None,
         )
         stream.on_change(metrics.stream_state)
         source: Source = stream
         if role == "worker":
-            gate = DrainGate(stream, own_sender, pid, ttl_ms)
+            gate = DrainGate(stream, own_sender, pid, ttl_ms, stream=stream)
             source = gate
         resonate = Resonate(
             network=http,
@@ -204,6 +211,9 @@ def build_runtime(
             observer=observer,
             autostart=False,
         )
+        if gate is not None:
+            # Counted so the gate refuses what the SDK would otherwise park in memory.
+            gate.slots = install_execution_slots(resonate, settings.max_concurrent_tasks)
 
     if embedded is not None or role == "worker":
         register_all(resonate)

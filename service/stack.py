@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import functools
 import json
 import os
@@ -28,10 +30,12 @@ from typing import IO, TYPE_CHECKING
 
 import aiohttp
 
+from service.errors import StackRefusedError, StackStartError
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
+    from typing import TextIO
 
     from service.config import Settings
     from service.operator.policy import PolicySpec
@@ -78,6 +82,103 @@ def free_ports(count: int, host: str = "127.0.0.1", *, avoid: Collection[int] = 
         for sock in held:
             sock.close()
     return ports
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (``None``: it can), probed by a bind.
+
+    Binds with ``SO_REUSEADDR`` as aiohttp does, so a port in TIME_WAIT counts
+    as free and only a live listener (or a bad address) counts as taken.
+    """
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"{host}:{port} is already in use by another process"
+                return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _try_lock(path: Path) -> TextIO | None:
+    """An exclusive ``flock`` on ``path`` (the open file holds it), or None if held elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _holder(path: Path) -> str:
+    """`` (pid N)`` from a lock file's content, if it names one."""
+    with contextlib.suppress(OSError, ValueError):
+        return f" (pid {int(path.read_text().strip())})"
+    return ""
+
+
+def claim_stack(plan: StackPlan, *, start_server: bool = True) -> TextIO:
+    """Refuse what would break this or another stack; return the held data-dir lock.
+
+    Checked before anything starts, each a :class:`StackRefusedError` (one
+    line, exit 2): another ``up`` in the same data directory (it would
+    overwrite ``stack.json`` and append to the other stack's logs), a server
+    port in use (the workers would silently join whatever listens there), the
+    store locked by another process, a worker metrics port in use. The lock
+    is held as long as the returned file is open.
+    """
+    lock_path = plan.data_dir / "stack.lock"
+    lock = _try_lock(lock_path)
+    if lock is None:
+        msg = (
+            f"another local stack{_holder(lock_path)} is running in {plan.data_dir}: stop it, "
+            "or give this one its own RESONATE_PATTERNS_DATA_DIR"
+        )
+        raise StackRefusedError(msg)
+    try:
+        problems: list[str] = []
+        if start_server:
+            why = port_taken(plan.host, plan.server_port)
+            if why is not None:
+                problems.append(f"server port: {why} (choose another --port, or 0 for any)")
+            if plan.server_data != ":memory:":
+                store_lock = Path(f"{plan.server_data}.lock")
+                held = _try_lock(store_lock)
+                if held is None:
+                    problems.append(
+                        f"the store {plan.server_data} is in use by another "
+                        f"process{_holder(store_lock)} (choose another --data)"
+                    )
+                else:
+                    held.close()
+        for port in plan.worker_ports:
+            why = port_taken(plan.host, port)
+            if why is not None:
+                problems.append(
+                    f"worker port: {why} (set RESONATE_PATTERNS_HTTP_PORT to a free base "
+                    "port, or 0 for any)"
+                )
+                break
+        if problems:
+            raise StackRefusedError("; ".join(problems))
+    except BaseException:
+        lock.close()
+        raise
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 @dataclass
@@ -242,7 +343,7 @@ class Stack:
                             return
                 await asyncio.sleep(0.05)
         msg = f"{url} did not become ready within {within:g}s"
-        raise RuntimeError(msg)
+        raise StackStartError(msg)
 
     async def start(self) -> None:
         """Start the server, wait until it is ready, then start the workers."""
@@ -251,9 +352,9 @@ class Stack:
             await self.server.spawn()
         try:
             await self._wait_ready(f"{self.plan.url}/readyz")
-        except RuntimeError:
+        except StackStartError:
             await self.server.terminate(2)
-            raise RuntimeError(
+            raise StackStartError(
                 f"the local server did not start; see {self.server.log_path}"
             ) from None
         for _ in self.plan.worker_ports:
@@ -339,6 +440,12 @@ class Stack:
         await child.spawn()
         self._write_manifest()
 
+    async def stop_quietly(self) -> None:
+        """Stop whatever :meth:`start` got running before it failed (no output)."""
+        self._stopping = True
+        await asyncio.gather(*(w.terminate(grace=5) for w in self.workers))
+        await self.server.terminate(grace=5)
+
     async def stop(self) -> None:
         """Stop workers (they drain), then the server."""
         self._stopping = True
@@ -368,13 +475,34 @@ async def run_stack(
     processes by the local server's backlog for the group.
     """
     plan = plan_stack(settings, workers=workers, port=port, data=data, group=group)
+    with claim_stack(plan):
+        return await _run_claimed(
+            plan, settings, out, server_args, autoscale, poll_seconds, metrics_port, workers
+        )
+
+
+async def _run_claimed(
+    plan: StackPlan,
+    settings: Settings,
+    out: Callable[[str], None],
+    server_args: list[str] | None,
+    autoscale: PolicySpec | None,
+    poll_seconds: float,
+    metrics_port: int | None,
+    workers: int,
+) -> int:
+    """``run_stack`` once :func:`claim_stack` holds the data directory."""
     stack = Stack(plan, out=out, server_args=server_args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stack.start()
+    try:
+        await stack.start()
+    except BaseException:
+        await stack.stop_quietly()
+        raise
     out(f"resonate-patterns local stack: group {plan.group!r}, {workers} worker(s)")
     for line in stack.describe():
         out(line)

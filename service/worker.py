@@ -4,7 +4,8 @@ A worker builds Resonate per configuration (embedded or against a server),
 registers every pattern under ``RESONATE_GROUP``, serves ``/healthz``,
 ``/readyz``, ``/metrics`` and the HTTP API (:mod:`service.api`) on one port,
 and runs until SIGINT or SIGTERM. On a signal it drains: it stops being
-ready, hands newly delivered tasks back to the group, lets in-flight
+ready, leaves the dispatch rotation (its stream announces a capacity of 0),
+hands newly delivered tasks back to the group, lets in-flight
 executions and API callers finish for up to
 ``RESONATE_PATTERNS_DRAIN_SECONDS``, answers callers still waiting with 202
 (their call goes on in the group), then disconnects. Work still running at
@@ -103,16 +104,20 @@ class Worker:
         """Stop taking work, let in-flight executions and API callers finish, then disconnect."""
         self.ready = False
         self._publish_ready()
-        if self.runtime.gate is not None:
-            self.runtime.gate.draining = True
+        gate = self.runtime.gate
+        if gate is not None:
+            gate.start_draining()
         started = time.monotonic()
         deadline = started + self.settings.drain_seconds
         self._log.info(
             "drain_started", in_flight=self.runtime.pending_jobs(), api_waiting=self.api.in_flight
         )
         # The SDK offers no completion event for its jobs, so poll the count.
+        # Hand-backs count too: one cut short leaves its task to the retry timer.
         while (  # noqa: ASYNC110
-            self.runtime.pending_jobs() or self.api.in_flight
+            self.runtime.pending_jobs()
+            or self.api.in_flight
+            or (gate is not None and gate.handing_back)
         ) and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
         left = self.runtime.pending_jobs()

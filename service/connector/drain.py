@@ -1,11 +1,28 @@
-"""The drain gate: stop taking new work without disconnecting.
+"""The drain gate: never take on work this process cannot start now.
 
-While a worker drains (SIGTERM), an ``execute`` message delivered to it is
-handed back to the server -- acquired, then released at once -- so another
-member of the group runs it, while this process keeps its stream and its
-leases and finishes what it holds. Disconnecting instead would make a server
-that frees a disconnected worker's tasks hand the in-flight work to someone
-else. The hand-back uses the SDK's own ``Sender`` (``head.auth`` included).
+Every ``execute`` pushed to a worker passes here before the SDK sees it.
+
+* **Saturated** (as many executions running, waiting or about to start as
+  ``max_concurrent_tasks``; :class:`~service.connector.sdk.ExecutionSlots`):
+  the message is not passed on. resonate-sdk 0.8.1 would park it in memory
+  until a slot frees, where no other worker can run it (a worker hoarding
+  work: scaling up would not help). Against a server that honours the
+  worker's announced capacity (the local server, :attr:`EventStream.flow_controlled`)
+  such a message is a race and is handed back so the server offers it to a
+  member with room (or holds it until one has); against any other server it is
+  dropped and the server's retry timer re-sends it (``tasks.retry_timeout``;
+  the chart sets 1 s) -- handing back there could bounce a task between busy
+  workers.
+* **Draining** (SIGTERM): every ``execute`` is handed back, and the stream
+  re-announces a capacity of 0 so a flow-controlling server stops sending
+  (the worker leaves the rotation) and re-sends at once what it had written
+  and nobody acquired. The process keeps its leases and finishes what it
+  holds; :attr:`DrainGate.handing_back` lets the drain wait for the
+  hand-backs to finish.
+
+A hand-back is ``task.acquire`` then ``task.release`` (2 requests) through
+the SDK's own ``Sender`` (``head.auth`` included): the release puts the task
+back in the queue and the server dispatches it again at once.
 """
 
 from __future__ import annotations
@@ -23,7 +40,8 @@ if TYPE_CHECKING:
 
     from resonate.send import Sender
 
-    from service.connector.sdk import Source
+    from service.connector.sdk import ExecutionSlots, Source
+    from service.connector.sse import EventStream
 
 #: Pause before a hand-back, so a group that is draining as a whole does not spin.
 HAND_BACK_DELAY_SECONDS = 0.05
@@ -42,16 +60,56 @@ def execute_task(raw: str) -> tuple[str, int] | None:
 
 
 class DrainGate:
-    """A message source wrapper that hands new work back while :attr:`draining`."""
+    """A message source wrapper that passes on only the work this process can start.
 
-    def __init__(self, inner: Source, sender: Sender, pid: str, ttl_ms: int) -> None:
+    ``slots`` counts the executions taken on (None: no limit); ``stream`` is
+    the event stream under ``inner`` (to re-announce the capacity), if any.
+    """
+
+    def __init__(
+        self,
+        inner: Source,
+        sender: Sender,
+        pid: str,
+        ttl_ms: int,
+        *,
+        slots: ExecutionSlots | None = None,
+        stream: EventStream | None = None,
+    ) -> None:
         self.inner = inner
         self._sender = sender
         self._pid = pid
         self._ttl_ms = ttl_ms
+        #: The SDK's counted execution semaphore (None: no limit).
+        self.slots = slots
+        self._stream = stream
         self.draining = False
+        #: ``execute`` messages refused because the process was saturated.
+        self.refused = 0
         self._bounces: set[asyncio.Task[None]] = set()
         self._log = get_logger("service.drain")
+
+    @property
+    def handing_back(self) -> int:
+        """Hand-backs still under way."""
+        return len(self._bounces)
+
+    def start_draining(self) -> None:
+        """Take no more work: hand back every ``execute`` and leave the rotation."""
+        self.draining = True
+        if self._stream is not None:
+            self._stream.set_capacity(0)
+
+    def _saturated(self) -> bool:
+        return self.slots is not None and self.slots.busy >= self.slots.capacity
+
+    def _flow_controlled(self) -> bool:
+        return self._stream is not None and self._stream.flow_controlled
+
+    def _hand_back(self, task: tuple[str, int]) -> None:
+        bounce = asyncio.create_task(self._bounce(*task))
+        self._bounces.add(bounce)
+        bounce.add_done_callback(self._bounces.discard)
 
     def unicast(self) -> str:
         return self.inner.unicast()
@@ -61,14 +119,21 @@ class DrainGate:
 
     def recv(self, callback: Callable[[str], None]) -> None:
         def gated(raw: str) -> None:
-            if self.draining:
-                task = execute_task(raw)
-                if task is not None:
-                    bounce = asyncio.create_task(self._bounce(*task))
-                    self._bounces.add(bounce)
-                    bounce.add_done_callback(self._bounces.discard)
-                    return
-            callback(raw)
+            task = execute_task(raw)
+            if task is None:
+                callback(raw)
+            elif self.draining:
+                self._hand_back(task)
+            elif self._saturated():
+                self.refused += 1
+                if self._flow_controlled():
+                    self._hand_back(task)
+                else:
+                    self._log.debug("task_refused", task_id=task[0], reason="saturated")
+            else:
+                if self.slots is not None:
+                    self.slots.reserve()
+                callback(raw)
 
         self.inner.recv(gated)
 
@@ -76,6 +141,8 @@ class DrainGate:
         await self.inner.start()
 
     async def stop(self) -> None:
+        if self._bounces:  # a hand-back cut short would leave its task to the retry timer
+            await asyncio.wait(set(self._bounces), timeout=5.0)
         await self.inner.stop()
 
     async def _bounce(self, task_id: str, version: int) -> None:

@@ -12,7 +12,8 @@ top-level create) that telemetry and the client read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
 
 from resonate.connections.sse import resolve_target as _anycast
 from resonate.connections.sse import unicast as _unicast
@@ -40,6 +41,7 @@ __all__ = [
     "BackgroundTaskFailed",
     "Dropped",
     "Event",
+    "ExecutionSlots",
     "Network",
     "NoopHeartbeat",
     "PromiseCreateReturned",
@@ -48,6 +50,7 @@ __all__ = [
     "TaskData",
     "Value",
     "anycast_address",
+    "install_execution_slots",
     "make_sender",
     "noop_observer",
     "now_ms",
@@ -90,3 +93,56 @@ def pending_jobs(resonate: Resonate) -> int:
     """
     jobs: Any = resonate._runtime.bg_tasks
     return len(jobs)
+
+
+class ExecutionSlots(asyncio.Semaphore):
+    """The SDK's execution semaphore, counting what it holds and what waits for it.
+
+    resonate-sdk 0.8.1 holds one permit of ``_runtime.execute_sema`` for the
+    whole acquire -> execute -> suspend/fulfill span of every execution, and
+    parks an ``execute`` it has no permit for on the semaphore, in memory,
+    for as long as it takes. This subclass lets the worker see that
+    (:attr:`busy`) and refuse work it cannot start instead of hoarding it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        #: Permits the semaphore gives out at once (``max_concurrent_tasks``).
+        self.capacity = capacity
+        #: Executions holding a permit (running, lease held).
+        self.held = 0
+        #: Executions waiting for a permit.
+        self.waiting = 0
+        #: ``execute`` messages passed to the SDK whose execution has not
+        #: asked for a permit yet (the SDK spawns it on the next loop turn).
+        self.reserved = 0
+
+    @property
+    def busy(self) -> int:
+        """Executions this process has taken on: running, waiting or about to start."""
+        return self.held + self.waiting + self.reserved
+
+    def reserve(self) -> None:
+        """Count an ``execute`` handed to the SDK until its execution asks for a permit."""
+        self.reserved += 1
+
+    async def acquire(self) -> Literal[True]:
+        self.reserved = max(0, self.reserved - 1)
+        self.waiting += 1
+        try:
+            await super().acquire()
+        finally:
+            self.waiting -= 1
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held = max(0, self.held - 1)
+        super().release()
+
+
+def install_execution_slots(resonate: Resonate, capacity: int) -> ExecutionSlots:
+    """Replace the SDK's execution semaphore by a counting one (before it starts)."""
+    slots = ExecutionSlots(capacity)
+    resonate._runtime.execute_sema = slots
+    return slots

@@ -18,7 +18,12 @@ message (and its shutdown raises that error). Here:
   structured log line per transition; a refusal (401/403) is logged as an
   error naming the cause, because retrying will not fix a wrong token;
 * the token, when configured, goes as ``Authorization: Bearer`` -- where the
-  official server reads it on ``/poll``.
+  official server reads it on ``/poll``;
+* a worker announces how many tasks it can run at once in the
+  ``Resonate-Patterns-Capacity`` request header; a server that honours it
+  (the local one) echoes it and sends an ``execute`` only while the worker has
+  room. :meth:`EventStream.set_capacity` re-opens the stream with a new value
+  (0 when draining: out of the rotation). The official server ignores it.
 
 Framing is the SDK's own pure ``SseFramer`` (``data:`` lines, events split on
 a blank line, comments ignored).
@@ -52,6 +57,8 @@ DEFAULT_READ_TIMEOUT_SECONDS = 60.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 #: Reconnect ladder: 0.1 s, 0.2 s, ... capped at 5 s while the server is away.
 RECONNECT_BACKOFF = ExponentialBackoff(initial=0.1, factor=2.0, max_delay=5.0)
+#: Request header announcing the worker's capacity (tasks it can run at once).
+CAPACITY_HEADER = "Resonate-Patterns-Capacity"
 #: Statuses that mean "this token may not listen here": logged as errors.
 _REFUSED = frozenset({401, 403})
 
@@ -72,11 +79,19 @@ class EventStream:
         token: str | None = None,
         read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
         backoff: Backoff = RECONNECT_BACKOFF,
+        capacity: int | None = None,
     ) -> None:
         self.url = f"{url.rstrip('/')}/poll/{group}/{pid}"
         self.group = group
         self.pid = pid
         self._headers = {"Accept": "text/event-stream", **bearer_headers(token)}
+        if capacity is not None:
+            self._headers[CAPACITY_HEADER] = str(capacity)
+        #: Whether the server said it honours the announced capacity (it
+        #: echoed the header on the current or last stream).
+        self.flow_controlled = False
+        self._response: aiohttp.ClientResponse | None = None
+        self._reopen = False
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout
         )
@@ -121,6 +136,19 @@ class EventStream:
         self._set_connected(False, None)
         self._subscribers.clear()
 
+    def set_capacity(self, capacity: int) -> None:
+        """Announce a new capacity: re-open the stream with it, at once.
+
+        Only against a server that honours the header (:attr:`flow_controlled`);
+        others would gain nothing from the reconnect. The local server re-sends
+        at once what it wrote to the old stream and nobody acquired, and keeps
+        the process's leases (it reconnects within the release grace).
+        """
+        self._headers[CAPACITY_HEADER] = str(capacity)
+        if self.flow_controlled and self._response is not None:
+            self._reopen = True
+            self._response.close()
+
     # -- state ---------------------------------------------------------------------
 
     def on_change(self, callback: Callable[[bool, CloseCause | None], None]) -> None:
@@ -152,8 +180,9 @@ class EventStream:
         while True:
             error = await self._listen_once()
             self._set_connected(False, error or "stream ended")
-            if error is None and self._last_close == "idle":
-                continue  # a quiet stream timed out: reopen at once
+            if error is None and (self._last_close == "idle" or self._reopen):
+                self._reopen = False
+                continue  # a quiet stream timed out, or a new capacity: reopen at once
             if error is None:  # the stream was open and ended: start the ladder over
                 attempt = 0
             delay = self._backoff.delay(attempt)
@@ -168,31 +197,52 @@ class EventStream:
             async with self._session.get(self.url, headers=self._headers) as resp:
                 if resp.status != 200:
                     return await self._refused(resp)
+                self.flow_controlled = CAPACITY_HEADER in resp.headers
+                self._response = resp
                 self._set_connected(True, None)
-                self._log.info("event_stream_connected", url=self.url, reconnects=self.reconnects)
+                self._log.info(
+                    "event_stream_connected",
+                    url=self.url,
+                    reconnects=self.reconnects,
+                    capacity=self._headers.get(CAPACITY_HEADER),
+                    flow_controlled=self.flow_controlled,
+                )
                 await self._pump(resp)
-                self._last_close = "closed"
-                self._log.warning("event_stream_closed", url=self.url, cause="closed")
+                self._ended("closed")
                 return None
         except asyncio.CancelledError:
             raise
         except TimeoutError:
             if self.connected:
                 # Expected against a server that sends no keep-alives: not a warning.
-                self._last_close = "idle"
-                self._log.info("event_stream_closed", url=self.url, cause="idle")
+                self._ended("idle")
                 return None
             reason = "connect timeout"
         except (aiohttp.ClientError, OSError) as exc:
+            if self._reopen and self.connected:
+                self._ended("closed")
+                return None
             reason = str(exc) or type(exc).__name__
         except Exception as exc:  # never let the listener die: anything else reconnects too
             reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._response = None
         if self.connected:
             self._last_close = "error"
             self._log.warning("event_stream_closed", url=self.url, cause="error", reason=reason)
             return None
         self._log.warning("event_stream_connect_failed", url=self.url, reason=reason)
         return reason
+
+    def _ended(self, cause: CloseCause) -> None:
+        """An open stream ended without an error: log why."""
+        self._last_close = cause
+        if self._reopen:  # closed on purpose by ``set_capacity``
+            self._log.info("event_stream_reopening", url=self.url, reason="capacity")
+        elif cause == "idle":
+            self._log.info("event_stream_closed", url=self.url, cause="idle")
+        else:
+            self._log.warning("event_stream_closed", url=self.url, cause=cause)
 
     async def _refused(self, resp: aiohttp.ClientResponse) -> str:
         body = (await resp.text())[:200].strip()

@@ -66,7 +66,7 @@ class EmbeddedConnection:
         return msgspec.json.encode(reply).decode()
 
     def _deliver(self, outbox: list[Outgoing]) -> None:
-        if not self._subscribers:
+        if not self._subscribers or not outbox:
             return
         subscribers = list(self._subscribers)
         raw = [msgspec.json.encode(out.message).decode() for out in outbox]

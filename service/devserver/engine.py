@@ -126,8 +126,9 @@ class Engine:
         if self._has_dirty():
             self._applied += 1
         await self._wait_durable(self._applied)
-        if outbox:
-            self._deliver(outbox)
+        # Called even with nothing to send: a change may have freed room on
+        # a flow-controlled stream, so held work can go out (``Hub.pump``).
+        self._deliver(outbox)
 
     def _has_dirty(self) -> bool:
         s = self.state

@@ -27,6 +27,7 @@ import httptools
 import msgspec
 
 from service.connector.sdk import PROTOCOL_VERSION
+from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -218,7 +219,10 @@ class ApiFastPath(asyncio.Protocol):
                         self._transport.resume_reading()
                 try:
                     status, reply = await self._api(body)
-                except Exception:
+                except Exception as exc:  # a server bug: answered, and never silent
+                    get_logger("service.devserver").exception(
+                        "request_failed", error=str(exc) or type(exc).__name__
+                    )
                     status, reply, keep_alive = 500, _INTERNAL_ERROR, False
                 transport = self._transport
                 if transport is None:

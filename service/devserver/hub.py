@@ -15,6 +15,17 @@ Each connection also remembers the ``execute`` messages it has written
 send again, at once, those whose task nobody acquired
 (:meth:`~service.devserver.state.ServerState.resend_unacquired`) instead of
 leaving them to the retry timer.
+
+**Flow control.** A stream opened with the ``Resonate-Patterns-Capacity: N``
+request header (:data:`CAPACITY_HEADER`; workers send their
+``max_concurrent_tasks``) is offered an anycast ``execute`` only while its
+process's load -- leases it holds plus ``execute`` messages sent to this
+stream whose task is still unacquired -- is below ``N``; a capacity of 0 takes
+the stream out of the rotation (a draining worker). When no member of the
+group can take one, the message is held (as for a group with nobody
+connected) and offered as soon as a member's load drops (:meth:`Hub.pump`,
+after every applied change). A stream without the header is offered work
+as before (round robin, no limit). The official server ignores the header.
 """
 
 from __future__ import annotations
@@ -42,6 +53,9 @@ MAX_HELD_PIDS = 1000
 #: already acquired (the threshold then doubles with what is left, so the
 #: pruning costs O(1) per message).
 WRITTEN_PRUNE_AT = 256
+#: Request header on ``GET /poll/{group}/{pid}`` carrying how many tasks the
+#: process can run at once (its ``max_concurrent_tasks``; 0: send none).
+CAPACITY_HEADER = "Resonate-Patterns-Capacity"
 
 _ids = itertools.count(1)
 
@@ -57,6 +71,11 @@ class Connection:
     #: task id -> version of each ``execute`` written to this stream whose task
     #: may not have been acquired yet (pruned as they are).
     written: dict[str, int] = field(default_factory=dict)
+    #: Tasks the process can run at once (None: no limit, no flow control).
+    capacity: int | None = None
+    #: task id -> version of each ``execute`` offered to this stream (queued or
+    #: written) that may still be unacquired; flow-controlled streams only.
+    offered: dict[str, int] = field(default_factory=dict)
     _prune_at: int = WRITTEN_PRUNE_AT
 
     def wrote(self, message: dict[str, Any], unacquired: Callable[[str, int], bool]) -> None:
@@ -98,7 +117,17 @@ def execute_ref(message: dict[str, Any]) -> tuple[str, int] | None:
 class Hub:
     """Connected processes by group, and the messages waiting for them."""
 
-    def __init__(self, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        metrics: ServerMetrics | None = None,
+        *,
+        leased: Callable[[str], int] | None = None,
+        unacquired: Callable[[str, int], bool] | None = None,
+    ) -> None:
+        #: How many leases a pid holds, and whether an ``execute`` (task id,
+        #: version) still awaits its acquire: the state's view, for flow control.
+        self.leased: Callable[[str], int] = leased or (lambda _pid: 0)
+        self.unacquired: Callable[[str, int], bool] = unacquired or (lambda _t, _v: True)
         self._groups: dict[str, list[Connection]] = {}
         self._turn: dict[str, int] = {}
         #: group -> held anycast messages (execute keyed by task id, others by a counter).
@@ -118,22 +147,58 @@ class Hub:
     def has_pid(self, pid: str) -> bool:
         return any(c.pid == pid for conns in self._groups.values() for c in conns)
 
+    def takes_work(self, pid: str) -> bool:
+        """Whether ``pid`` has an open stream that may be offered an ``execute`` (capacity > 0)."""
+        return any(
+            c.pid == pid and c.capacity != 0 for conns in self._groups.values() for c in conns
+        )
+
     def _count(self, message: dict[str, Any], outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.messages.labels(_message_kind(message), outcome).inc()
 
-    def connect(self, group: str, pid: str) -> Connection:
-        """Register a stream and hand it whatever was held for it."""
+    def connect(self, group: str, pid: str, capacity: int | None = None) -> Connection:
+        """Register a stream and hand it whatever was held for it (within its capacity)."""
         group = group.lower()
-        conn = Connection(group, pid)
+        conn = Connection(group, pid, capacity=capacity)
         self._groups.setdefault(group, []).append(conn)
         for message in self._held_uni.pop((group, pid), deque()):
             self._put(conn, message)
         held = self._held_any.pop(group, None)
         if held:
             for message in held.values():
-                self._put(conn, message)
+                self._route_any(group, None, message)
         return conn
+
+    def load(self, conn: Connection) -> int:
+        """Leases ``conn``'s process holds plus executes offered to ``conn`` still unacquired."""
+        conn.offered = {t: v for t, v in conn.offered.items() if self.unacquired(t, v)}
+        return self.leased(conn.pid) + len(conn.offered)
+
+    def _has_room(self, conn: Connection) -> bool:
+        return conn.capacity is None or self.load(conn) < conn.capacity
+
+    def pump(self) -> None:
+        """Offer held anycast executes to members that have room again.
+
+        Held messages whose task was acquired (or moved on to a newer version)
+        meanwhile are dropped: their ``execute`` is stale.
+        """
+        for group in [g for g in self._held_any if g in self._groups]:
+            held = self._held_any[group]
+            while held:
+                key, message = next(iter(held.items()))
+                ref = execute_ref(message)
+                if ref is not None and not self.unacquired(*ref):
+                    del held[key]
+                    continue
+                conn = self._pick(group, None, message)
+                if conn is None:
+                    break
+                del held[key]
+                self._put(conn, message)
+            if not held:
+                del self._held_any[group]
 
     def disconnect(self, conn: Connection) -> None:
         """Remove a stream; route again anything it had not written yet."""
@@ -152,7 +217,13 @@ class Hub:
                 self._hold_uni(conn.group, conn.pid, message)
 
     def deliver(self, outbox: list[Outgoing]) -> None:
-        """Route each message to its recipient, or keep it until one connects."""
+        """Route each message to its recipient, or keep it until one connects (or has room).
+
+        Called after every applied change, with or without messages: a
+        change may have freed room on a flow-controlled stream.
+        """
+        if self._held_any:
+            self.pump()
         for out in outbox:
             address = parse_address(out.address)
             if address is None:
@@ -166,25 +237,45 @@ class Hub:
 
     def _put(self, conn: Connection, message: dict[str, Any]) -> None:
         conn.queue.put_nowait(message)
+        if conn.capacity is not None:
+            ref = execute_ref(message)
+            if ref is not None:
+                conn.offered[ref[0]] = ref[1]
         self._count(message, "delivered")
 
-    def _route_any(self, group: str, pid: str | None, message: dict[str, Any]) -> None:
+    def _pick(self, group: str, pid: str | None, message: dict[str, Any]) -> Connection | None:
+        """The member an anycast message goes to: ``pid``'s stream if named, else round robin.
+
+        An ``execute`` skips streams without room (flow control); None when
+        no member can take it.
+        """
         conns = self._groups.get(group)
         if not conns:
+            return None
+        limited = message.get("kind") == "execute"
+        if pid is not None:
+            for conn in conns:
+                if conn.pid == pid and (not limited or self._has_room(conn)):
+                    return conn
+        start = self._turn.get(group, 0)
+        for step in range(len(conns)):
+            turn = (start + step) % len(conns)
+            conn = conns[turn]
+            if not limited or self._has_room(conn):
+                self._turn[group] = turn + 1
+                return conn
+        return None
+
+    def _route_any(self, group: str, pid: str | None, message: dict[str, Any]) -> None:
+        conn = self._pick(group, pid, message)
+        if conn is None:
             held = self._held_any.setdefault(group, OrderedDict())
             key = _task_id(message) or f"#{next(_ids)}"
             held.pop(key, None)
             held[key] = message
             self._count(message, "held")
             return
-        if pid is not None:
-            for conn in conns:
-                if conn.pid == pid:
-                    self._put(conn, message)
-                    return
-        turn = self._turn.get(group, 0) % len(conns)
-        self._turn[group] = turn + 1
-        self._put(conns[turn], message)
+        self._put(conn, message)
 
     def _route_uni(self, group: str, pid: str, message: dict[str, Any]) -> None:
         for conn in self._groups.get(group, ()):

@@ -18,6 +18,9 @@ Routes (the official server's, plus health and metrics on the same port):
   not acquired is sent again at once, without waiting for the grace
   (``--no-resend-on-close`` leaves those to the retry timer, ``--retry-ms``,
   30 s by default like the official ``tasks.retry_timeout``).
+  A stream opened with ``Resonate-Patterns-Capacity: N`` is offered an
+  ``execute`` only while its process has room (flow control, see
+  :mod:`service.devserver.hub`); the header is echoed to say so.
 * ``GET /healthz`` ``/readyz`` ``/metrics`` (``/health`` and ``/ready`` too,
   as on the official server); always open.
 
@@ -32,7 +35,7 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -40,7 +43,7 @@ from aiohttp import web
 from service.devserver.auth import UNAUTHORIZED, Verifier
 from service.devserver.engine import Engine
 from service.devserver.fastpath import ApiFastPath
-from service.devserver.hub import Hub
+from service.devserver.hub import CAPACITY_HEADER, Hub
 from service.devserver.metrics import ServerMetrics
 from service.devserver.state import reply
 from service.devserver.store import MEMORY
@@ -109,7 +112,11 @@ class DevServer:
     def __init__(self, options: ServerOptions | None = None) -> None:
         self.options = options or ServerOptions()
         self.metrics = ServerMetrics()
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(
+            self.metrics,
+            leased=lambda pid: len(self.engine.state.leases.get(pid, ())),
+            unacquired=lambda tid, version: self.engine.state.still_unacquired(tid, version),
+        )
         self.auth = self.options.auth
         self.engine = Engine(
             data=self.options.data,
@@ -226,15 +233,25 @@ class DevServer:
         else:
             try:
                 envelope = msgspec.json.decode(body)
-            except msgspec.DecodeError as exc:
-                out = reply("unknown", "0", 400, f"Invalid request envelope: {exc}")
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                # Malformed JSON, or strings that are not UTF-8: the client's mistake.
+                out = self._refused(400, f"Invalid request envelope: {exc}", type(exc).__name__)
+            except RecursionError:
+                out = self._refused(400, "Invalid request envelope: nested too deeply", "depth")
             else:
                 try:
                     out = await self.engine.request(envelope)
+                except RecursionError:  # a value nested past what the store can encode
+                    out = self._refused(400, "Invalid request: nested too deeply", "depth")
                 except Exception as exc:  # a bug here, never the client's fault
                     self._log.exception("request_failed", error=str(exc))
                     out = reply("unknown", "0", 500, f"Internal error: {exc}")
         return int(out["head"]["status"]), msgspec.json.encode(out)
+
+    def _refused(self, status: int, message: str, reason: str) -> dict[str, Any]:
+        """A client's mistake: a 4xx reply and one log line (never a 500)."""
+        self._log.info("request_refused", status=status, reason=reason)
+        return reply("unknown", "0", status, message)
 
     async def _poll(self, request: web.Request) -> web.StreamResponse:
         group, pid = request.match_info["group"], request.match_info["pid"]
@@ -248,14 +265,20 @@ class DevServer:
             return web.json_response(
                 {"error": "group and pid must be 1-253 URL-safe characters"}, status=400
             )
+        capacity = _capacity(request.headers.get(CAPACITY_HEADER))
+        if capacity is False:
+            return web.json_response(
+                {"error": f"{CAPACITY_HEADER} must be an integer from 0 to 1000000"}, status=400
+            )
         if self._stopping:  # a stream opened now would hold up the shutdown
             return web.Response(status=503, text="Server stopping")
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if capacity is not None:  # tells the worker its capacity is honoured here
+            headers[CAPACITY_HEADER] = str(capacity)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
-        conn = self.hub.connect(group, pid)
-        self._log.info("worker_connected", group=conn.group, pid=pid)
+        conn = self.hub.connect(group, pid, capacity)
+        self._log.info("worker_connected", group=conn.group, pid=pid, capacity=capacity)
         self._keep_leases(conn)
         keepalive = self.options.keepalive_seconds
         unacquired = self.engine.state.still_unacquired
@@ -348,7 +371,11 @@ class DevServer:
         # the stream), so they are never among these; what is left was
         # written and never acquired.
         stranded = [(t, v) for t, v in conn.written.items() if state.still_unacquired(t, v)]
-        if gone and stranded and self.options.resend_on_close:
+        # Also when the process's other streams take no work: a draining
+        # worker re-opens its stream with a capacity of 0, and the new stream
+        # may open before the server notices the old one closed.
+        takes_work = self.hub.takes_work(conn.pid)
+        if (gone or not takes_work) and stranded and self.options.resend_on_close:
             with contextlib.suppress(Exception):
                 resent = await asyncio.shield(self.engine.resend_unacquired(stranded))
         self._log.info(
@@ -444,6 +471,16 @@ class _PendingRelease:
     #: When it closed (event loop clock).
     closed_at: float
     timer: asyncio.TimerHandle
+
+
+def _capacity(raw: str | None) -> int | Literal[False] | None:
+    """The stream's announced capacity: None without the header, False when malformed."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 7 or int(value) > 1_000_000:
+        return False
+    return int(value)
 
 
 def _auth_mode(auth: Verifier | None) -> str:

@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import structlog
 from prometheus_client import ProcessCollector
 
 from service import __version__
+from service.errors import UsageError
 from service.operator.handlers import build_registry, make_memo
 from service.operator.kube import load_api_config
 from service.operator.loop import OperatorContext
@@ -52,6 +53,28 @@ def watch_scope(
     return False, [namespace or settings.watch_namespace or own_namespace()]
 
 
+async def _api_config_or_usage_error() -> Any:
+    """The cluster's API config; no credentials at all is one line (exit 2), not a traceback."""
+    import logging
+
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
+    # Its "Config not found" warning would only repeat the error line below.
+    kube_log = logging.getLogger("kubernetes_asyncio.config.kube_config")
+    level = kube_log.level
+    kube_log.setLevel(logging.ERROR)
+    try:
+        return await load_api_config()
+    except (ConfigException, FileNotFoundError) as exc:
+        msg = (
+            "no Kubernetes credentials: not running in a cluster and no usable kubeconfig "
+            f"({exc}); set KUBECONFIG or run the operator in a pod"
+        )
+        raise UsageError(msg) from None
+    finally:
+        kube_log.setLevel(level)
+
+
 async def run_operator(
     settings: Settings,
     *,
@@ -69,6 +92,7 @@ async def run_operator(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+    api_config = await _api_config_or_usage_error()
     runner, port = await serve_http(
         health_app(metrics.registry, ready.is_set), settings.http_host, settings.http_port
     )
@@ -84,9 +108,7 @@ async def run_operator(
         peering=peering or "standalone",
         http_port=port,
     )
-    context = OperatorContext(
-        api_config=await load_api_config(), metrics=metrics, token=settings.token
-    )
+    context = OperatorContext(api_config=api_config, metrics=metrics, token=settings.token)
     try:
         await kopf.operator(
             registry=build_registry(peering=peering),

@@ -15,6 +15,11 @@ level close that gap:
   target, so no task) and resolves it, so any later ``factorial-{k}``
   invocation returns from the store without executing a body.
 
+n is at most ``RESONATE_PATTERNS_MAX_N``, itself at most
+:data:`~service.patterns.validation.MAX_FACTORIAL_N` (1558): the largest n
+whose value crosses a JSON codec and whose child ids fit the server's limit.
+Anything above is rejected before any durable operation.
+
 Both are idempotent and safe under concurrent overlapping runs: every writer
 publishes the same value, a second resolve is a no-op, and a promise that
 belongs to a running top-level task (it carries ``resonate:target``) is
@@ -31,7 +36,7 @@ from resonate.retry import Exponential
 from service.connector.sdk import Value
 from service.patterns.deps import PatternDeps
 from service.patterns.steps import spawn_local
-from service.patterns.validation import require_int
+from service.patterns.validation import MAX_FACTORIAL_N, require_int
 from service.telemetry.instrument import instrumented
 
 if TYPE_CHECKING:
@@ -84,7 +89,9 @@ async def factorial(ctx: Context, n: object) -> int:
     """``n!``, recursing through the factorial target group and the keyed cache."""
     deps = ctx.get_dependency(PatternDeps)
     settings = deps.settings
-    k = require_int("factorial", "n", n, 0, settings.max_n)
+    # Settings validate max_n against MAX_FACTORIAL_N; min() also covers
+    # settings built in code, so no n whose value cannot be stored ever recurses.
+    k = require_int("factorial", "n", n, 0, min(settings.max_n, MAX_FACTORIAL_N))
     if k == 0:
         value = 1
     else:

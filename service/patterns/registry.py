@@ -20,6 +20,7 @@ from resonate.retry import Never
 from service.errors import InputError, UsageError
 from service.patterns import bounded, crawl, enrich, factorial
 from service.patterns.validation import (
+    MAX_FACTORIAL_N,
     require_crawl_spec,
     require_int,
     require_items,
@@ -38,14 +39,28 @@ if TYPE_CHECKING:
 _INT_RE = re.compile(r"^-?\d+$")
 
 
+def _shown(token: str) -> str:
+    """``token`` quoted for an error line, cut short when long."""
+    text = repr(token)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _record_id(token: str) -> int | str:
-    return int(token) if _INT_RE.match(token) else token
+    if not _INT_RE.match(token):
+        return token
+    try:
+        return int(token)
+    except ValueError:  # more digits than Python converts (4300): never a valid id
+        raise UsageError(f"ID {_shown(token)} has too many digits") from None
 
 
 def _int(token: str, what: str) -> int:
     if not _INT_RE.match(token.strip()):
-        raise UsageError(f"{what} must be an integer, got {token!r}")
-    return int(token)
+        raise UsageError(f"{what} must be an integer, got {_shown(token)}")
+    try:
+        return int(token)
+    except ValueError:  # more digits than Python converts (4300)
+        raise UsageError(f"{what} has too many digits ({len(token.strip())})") from None
 
 
 def _exactly(name: str, argv: list[str], count: int, usage: str) -> None:
@@ -121,7 +136,7 @@ def _arity(name: str, args: tuple[Any, ...], count: int) -> None:
 
 def _check_factorial(s: Settings, args: tuple[Any, ...]) -> None:
     _arity("factorial", args, 1)
-    require_int("factorial", "n", args[0], 0, s.max_n)
+    require_int("factorial", "n", args[0], 0, min(s.max_n, MAX_FACTORIAL_N))
 
 
 def _check_ids(name: str) -> Callable[[Settings, tuple[Any, ...]], None]:

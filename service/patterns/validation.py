@@ -9,6 +9,8 @@ client gets the same clear rejection, never a retry loop).
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 from service.errors import InputError
@@ -19,6 +21,61 @@ MAX_RECORD_ID_CHARS = 128
 ITEM_MIN, ITEM_MAX = -(2**63), 2**63 - 1
 #: Longest URL accepted by crawl.
 MAX_URL_CHARS = 2048
+
+#: Most decimal digits an int may have when it crosses a JSON codec: Python
+#: refuses int<->str conversions past ``sys.int_info.default_max_str_digits``
+#: (4300) in every process that has not raised the limit, and the SDK and the
+#: local server encode values with Python's codecs.
+MAX_VALUE_DIGITS = sys.int_info.default_max_str_digits
+#: Longest promise id the local server stores (the official server has no
+#: limit; ``service.devserver.state.MAX_ID_CHARS`` is this value).
+SERVER_MAX_ID_CHARS = 8192
+#: Longest id a caller may give an invocation (``call --id``): long enough for
+#: any name, short enough that the ids the SDK mints below it (see
+#: :func:`deepest_factorial_id_chars`) stay under :data:`SERVER_MAX_ID_CHARS`.
+MAX_ROOT_ID_CHARS = 1024
+
+
+def factorial_digits(n: int) -> int:
+    """Decimal digits of ``n!`` (``lgamma`` is exact enough for n below 10**6)."""
+    if n < 2:
+        return 1
+    return math.floor(math.lgamma(n + 1) / math.log(10)) + 1
+
+
+def deepest_factorial_id_chars(n: int, root_id_chars: int) -> int:
+    """Length of the longest promise id ``factorial(n)`` creates under a root id.
+
+    Each level is an rpc whose id is its parent's plus one lineage step
+    (``factorial-4`` -> ``factorial-4:2`` -> ``factorial-4:2.2`` ...: two
+    characters a level), and the deepest level's own publish step adds one
+    more (``.1``): ``root + 2n + 2`` characters.
+    """
+    return root_id_chars + 2 * n + 2
+
+
+def _max_factorial_n() -> int:
+    """Largest n whose ``factorial`` can be computed, stored and read back.
+
+    Two facts bound it, and the smaller bound wins:
+
+    * the value: ``n!`` must have at most :data:`MAX_VALUE_DIGITS` (4300)
+      digits, or no process can encode it: 1558! has 4300 digits, 1559! has
+      4303, so n <= 1558;
+    * the ids: the deepest child id (:func:`deepest_factorial_id_chars`, under
+      the longest root id :data:`MAX_ROOT_ID_CHARS`) must fit
+      :data:`SERVER_MAX_ID_CHARS`: 1024 + 2n + 2 <= 8192, so n <= 3583.
+    """
+    by_digits = 0
+    while factorial_digits(by_digits + 1) <= MAX_VALUE_DIGITS:
+        by_digits += 1
+    by_ids = (SERVER_MAX_ID_CHARS - MAX_ROOT_ID_CHARS - 2) // 2
+    return min(by_digits, by_ids)
+
+
+#: Largest n factorial can ever serve (1558; derived in :func:`_max_factorial_n`).
+#: ``RESONATE_PATTERNS_MAX_N`` is validated against it.
+MAX_FACTORIAL_N = _max_factorial_n()
 
 
 def _describe(value: object) -> str:

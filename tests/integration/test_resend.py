@@ -234,4 +234,7 @@ async def test_kill_9_worker__its_unacquired_work_runs_elsewhere_within_seconds(
     log = stack.logs_dir / "server.log"
     await until(lambda: any(e["event"] == "worker_disconnected" for e in log_events(log)), within=5)
     [gone] = [e for e in log_events(log) if e["event"] == "worker_disconnected"]
-    assert gone["resent_tasks"] == gone["unacquired_tasks"] > 0
+    # Workers announce their capacity (flow control), so a worker is offered no
+    # more than it can run: at most the one it was about to acquire is left
+    # unacquired, and whatever is left is re-sent at once.
+    assert gone["resent_tasks"] == gone["unacquired_tasks"] <= 1

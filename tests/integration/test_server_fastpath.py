@@ -16,6 +16,7 @@ from pathlib import Path
 import httptools
 import jwt
 import pytest
+import structlog.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from resonate_base import PROTOCOL_VERSION
@@ -282,8 +283,10 @@ async def test_a_failing_api_handler__500_and_closed(
 
     srv.api = broken  # type: ignore[method-assign]
     conn = await connect()
-    await conn.send(post(envelope("x")))
-    status, headers, body = (await conn.expect(1))[0]
+    with structlog.testing.capture_logs() as logs:
+        await conn.send(post(envelope("x")))
+        status, headers, body = (await conn.expect(1))[0]
+    assert [e["error"] for e in logs if e["event"] == "request_failed"] == ["boom"], "logged"
     assert status == 500
     assert headers["connection"] == "close"
     assert json.loads(body)["head"]["status"] == 500
@@ -340,3 +343,36 @@ async def test_auth__enforced_on_the_fast_path_and_after_the_hand_off_to_aiohttp
     for status, _, body in replies:
         if status == 401:
             assert json.loads(body)["data"] == "Unauthorized"
+
+
+#: Client mistakes that once escaped the decoder as a 500: bytes that are not
+#: UTF-8 inside a JSON string, and JSON nested past the decoder's recursion.
+CLIENT_MISTAKES = {
+    "invalid_utf8": b'{"kind":"\xff"}',
+    "invalid_utf8_in_id": b'{"kind":"promise.get","head":{"corrId":"1"},"data":{"id":"\xfe"}}',
+    "nested_50k": b"[" * 50_000 + b"]" * 50_000,
+    "nested_100k": b'{"kind":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+}
+
+
+@pytest.mark.parametrize("path", ["fast", "aiohttp"])
+@pytest.mark.parametrize("name", sorted(CLIENT_MISTAKES))
+async def test_client_mistake__400_and_a_log_line_on_both_paths(
+    connect: Connect, path: str, name: str
+) -> None:
+    conn = await connect()
+    expected = 1
+    if path == "aiohttp":  # a non-API request hands the connection to aiohttp
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        expected = 2
+    with structlog.testing.capture_logs() as logs:
+        await conn.send(post(CLIENT_MISTAKES[name]))
+        status, _, body = (await conn.expect(expected))[-1]
+    assert status == 400, body
+    assert json.loads(body)["head"]["status"] == 400
+    refused = [e for e in logs if e["event"] == "request_refused"]
+    assert len(refused) == 1, logs
+    assert refused[0]["status"] == 400
+    # The connection and the server keep serving.
+    await conn.send(post(envelope("nope", corr="after")))
+    assert (await conn.expect(expected + 1))[-1][0] == 404

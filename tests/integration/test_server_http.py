@@ -327,3 +327,48 @@ async def test_search__state_tags_limit_cursor(server: tuple[DevServer, Client])
     assert seen == [f"s{i:02d}" for i in range(25) if i % 2]
     tasks = await client.send(env("task.search", {"state": "pending", "limit": 1000}))
     assert tasks["head"]["status"] == 200
+
+
+async def test_server_process__sigterm_with_streams_open__exits_within_its_grace(
+    tmp_path: Path,
+) -> None:
+    """D4: ``resonate-patterns server`` stops on SIGTERM although workers' streams are open."""
+    import signal
+    import sys
+    import time
+
+    from service.stack import free_port
+    from tests.conftest import ROOT, wait_until_ok
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "server",
+        "--port",
+        str(port),
+        "--data",
+        str(tmp_path / "d4.db"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_until_ok(f"http://127.0.0.1:{port}/readyz")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            streams = [
+                await session.get(f"http://127.0.0.1:{port}/poll/workers/p{i}") for i in range(3)
+            ]
+            assert all(s.status == 200 for s in streams)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 10)
+            assert code == 0
+            assert time.monotonic() - started < 5, "stopped within its grace"
+            for s in streams:
+                s.release()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

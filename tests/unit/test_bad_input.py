@@ -78,3 +78,64 @@ async def test_wrong_arity__rejected_not_retried(embedded: Any) -> None:
     handle = runtime.resonate.options(target="workers").rpc("bad-arity", "factorial", 1, 2)
     with pytest.raises(Exception, match="too many positional arguments"):
         await asyncio.wait_for(handle.result(), 5)
+
+
+# --------------------------------------------------------------- D3: largest n
+
+
+def test_max_factorial_n__derived_from_the_digit_and_id_limits() -> None:
+    import math
+    import sys
+
+    from service.devserver.state import MAX_ID_CHARS
+    from service.patterns.validation import (
+        MAX_FACTORIAL_N,
+        MAX_ROOT_ID_CHARS,
+        MAX_VALUE_DIGITS,
+        SERVER_MAX_ID_CHARS,
+        deepest_factorial_id_chars,
+    )
+
+    assert SERVER_MAX_ID_CHARS == MAX_ID_CHARS, "one id limit, the local server's"
+    assert MAX_VALUE_DIGITS == sys.int_info.default_max_str_digits == 4300
+    assert MAX_FACTORIAL_N == 1558
+    assert len(str(math.factorial(MAX_FACTORIAL_N))) <= MAX_VALUE_DIGITS
+    with pytest.raises(ValueError, match="Exceeds the limit"):
+        str(math.factorial(MAX_FACTORIAL_N + 1))
+    assert deepest_factorial_id_chars(MAX_FACTORIAL_N, MAX_ROOT_ID_CHARS) <= MAX_ID_CHARS
+
+
+async def test_factorial_at_the_maximum__computed_stored_and_cached_above_it_rejected_at_once(
+    embedded: Any,
+) -> None:
+    import math
+
+    from service.client import invoke
+    from service.patterns.validation import MAX_FACTORIAL_N
+
+    runtime = await embedded(RESONATE_PATTERNS_MAX_N=str(MAX_FACTORIAL_N))
+    first = await invoke(runtime, pattern("factorial"), (MAX_FACTORIAL_N,), wait_seconds=120)
+    assert first.result == math.factorial(MAX_FACTORIAL_N)
+    assert not first.cached
+    again = await invoke(runtime, pattern("factorial"), (MAX_FACTORIAL_N,), wait_seconds=10)
+    assert again.cached
+    assert again.result == first.result
+    started = time.monotonic()
+    with pytest.raises(InputError, match=f"n must be <= {MAX_FACTORIAL_N}"):
+        await invoke(runtime, pattern("factorial"), (MAX_FACTORIAL_N + 1,), wait_seconds=10)
+    # The durable function refuses it as well, whatever a client sends.
+    handle = runtime.resonate.options(target="workers").rpc(
+        "factorial-over-max", "factorial", MAX_FACTORIAL_N + 1
+    )
+    with pytest.raises(Exception, match=f"n must be <= {MAX_FACTORIAL_N}"):
+        await asyncio.wait_for(handle.result(), 5)
+    assert time.monotonic() - started < 3
+
+
+def test_settings__max_n_above_the_derived_maximum__config_error_naming_the_variable() -> None:
+    from service.errors import ConfigError
+    from tests.conftest import make_settings
+
+    with pytest.raises(ConfigError, match="RESONATE_PATTERNS_MAX_N='1559' is invalid"):
+        make_settings(RESONATE_PATTERNS_MAX_N="1559")
+    assert make_settings(RESONATE_PATTERNS_MAX_N="1558").max_n == 1558

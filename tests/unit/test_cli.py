@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -437,3 +438,157 @@ async def test_call_api__bad_flags__exit_2(args: list[str], message: str) -> Non
     code, _, err = await _cli("call", "factorial", "5", *args)
     assert code == 2
     assert message in err
+
+
+# ------------------------------------------------------- D5, D6, point 6: one line
+
+
+def _unused_url() -> str:
+    from service.stack import free_port
+
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "never retrieved" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("resonate-patterns: error: ")
+    assert message in lines[0], lines[0]
+    assert len(lines[0]) < 400, "the line never echoes a huge input back"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["call", "factorial", "9" * 5000], "N has too many digits (5000)"),
+        (["call", "enrich_batch", "1" * 5000], "has too many digits"),
+        (
+            ["call", "factorial", "--args-json", "[" * 60_000 + "]" * 60_000],
+            "--args-json is nested too deeply",
+        ),
+        (["call", "factorial", "--args-json", f"[{'9' * 5000}]"], "--args-json cannot be read"),
+        (["call", "factorial", "5", "--id", "a:b"], "invalid --id 'a:b'"),
+        (["call", "factorial", "5", "--id", ""], "--id must not be empty"),
+        (["call", "factorial", "5", "--timeout", "0"], "--timeout must be positive"),
+        (["call", "factorial", "5", "--timeout", "-1"], "--timeout must be positive"),
+        (["call", "factorial", "5", "--timeout", "nan"], "--timeout must be positive"),
+        (["call", "factorial", "5", "--timeout", "inf"], "--timeout must be positive"),
+        # A lone surrogate: the byte 0xff on the command line (surrogateescape).
+        (["call", "factorial", "5", "--id", "f\udcff"], "--id must be valid UTF-8"),
+        (["call", "factorial", "5", "--id", "x" * 9000], "--id must have at most 1024"),
+        (["up", "--group", "Bad_Group", "--port", "0"], "--group 'Bad_Group' is invalid"),
+    ],
+)
+def test_bad_call_input__one_line_exit_2_at_once(args: list[str], message: str) -> None:
+    started = time.monotonic()
+    proc = run_cli(*args, env={"RESONATE_PATTERNS_DATA_DIR": "/nonexistent-never-created"})
+    _assert_one_line(proc, 2, message)
+    assert time.monotonic() - started < 10, "refused up front, not after a wait"
+
+
+@pytest.mark.parametrize("url", ["server", "none"])
+def test_call_id_longer_than_the_server_takes__fails_at_once(url: str) -> None:
+    # D6: the server refuses ids over 8192 characters; the call must not wait --timeout.
+    env: dict[str, str] = {}
+    if url == "server":
+        env["RESONATE_URL"] = _unused_url()  # refused before any connection is tried
+    started = time.monotonic()
+    proc = run_cli("call", "factorial", "5", "--id", "y" * 8193, "--timeout", "60", env=env)
+    _assert_one_line(proc, 2, "--id must have at most 1024 characters, got 8193")
+    assert time.monotonic() - started < 10
+
+
+def test_call__unreachable_server__says_so_within_seconds() -> None:
+    url = _unused_url()
+    started = time.monotonic()
+    proc = run_cli("call", "factorial", "5", "--timeout", "60", env={"RESONATE_URL": url})
+    _assert_one_line(proc, 1, f"cannot reach the Resonate server at {url} (RESONATE_URL)")
+    assert time.monotonic() - started < 10
+
+
+def test_demo__unreachable_server__stops_with_one_line() -> None:
+    url = _unused_url()
+    started = time.monotonic()
+    proc = run_cli("demo", env={"RESONATE_URL": url}, timeout=60)
+    _assert_one_line(proc, 1, f"cannot reach the Resonate server at {url}")
+    assert time.monotonic() - started < 10
+
+
+def test_worker__http_port_taken__one_line_exit_2() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = run_cli(
+            "worker",
+            env={
+                "RESONATE_PATTERNS_HTTP_HOST": "127.0.0.1",
+                "RESONATE_PATTERNS_HTTP_PORT": str(port),
+                "RESONATE_URL": _unused_url(),
+            },
+            timeout=60,
+        )
+    _assert_one_line(proc, 2, f"RESONATE_PATTERNS_HTTP_PORT: 127.0.0.1:{port} is already in use")
+    assert time.monotonic() - started < 10
+
+
+def test_operator__no_kubeconfig__one_line_exit_2(tmp_path: Path) -> None:
+    proc = run_cli(
+        "operator",
+        env={"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")},
+        timeout=60,
+    )
+    _assert_one_line(proc, 2, "no Kubernetes credentials")
+
+
+def test_max_n_above_what_can_be_stored__config_error_naming_the_variable() -> None:
+    proc = run_cli("call", "factorial", "3", env={"RESONATE_PATTERNS_MAX_N": "1559"})
+    _assert_one_line(
+        proc, 2, "RESONATE_PATTERNS_MAX_N='1559' is invalid: expected an integer in [0, 1558]"
+    )
+
+
+def test_factorial_above_the_maximum__rejected_at_once() -> None:
+    started = time.monotonic()
+    proc = run_cli("call", "factorial", "1559", env={"RESONATE_PATTERNS_MAX_N": "1558"})
+    _assert_one_line(proc, 2, "factorial: n must be <= 1558")
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("command", [["call", "factorial", "5"], ["demo"]])
+def test_call_and_demo__url_of_some_other_http_server__one_line_exit_1(
+    command: list[str],
+) -> None:
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b"<html><body>not resonate</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        started = time.monotonic()
+        proc = run_cli(*command, env={"RESONATE_URL": url}, timeout=60)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    _assert_one_line(proc, 1, "it answers HTTP 200 but not as a Resonate server")
+    assert time.monotonic() - started < 10

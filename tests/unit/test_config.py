@@ -33,8 +33,8 @@ def test_targets__set__route_to_other_groups() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("RESONATE_PATTERNS_MAX_N", "abc", "an integer in [0, 100000]"),
-        ("RESONATE_PATTERNS_MAX_N", "-1", "an integer in [0, 100000]"),
+        ("RESONATE_PATTERNS_MAX_N", "abc", "an integer in [0, 1558]"),
+        ("RESONATE_PATTERNS_MAX_N", "-1", "an integer in [0, 1558]"),
         ("RESONATE_PATTERNS_TASK_TTL_SECONDS", "0", "a number in [1, 86400]"),
         ("RESONATE_PATTERNS_TASK_TTL_SECONDS", "nan", "a number in [1, 86400]"),
         ("RESONATE_PATTERNS_MAX_CONCURRENT_TASKS", "0", "an integer in [1, 10000]"),

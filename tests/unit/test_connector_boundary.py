@@ -74,4 +74,4 @@ def test_the_checks_see_what_they_look_for() -> None:
     # The connector itself does all of this, so the scanners must report it there.
     sdk = ast.parse((CONNECTOR / "sdk.py").read_text())
     assert "resonate.connections.sse" in {m for _, m in _sdk_imports(sdk)}
-    assert [what for _, what in _private_reaches(sdk)] == ["resonate._runtime"]
+    assert {what for _, what in _private_reaches(sdk)} == {"resonate._runtime"}
