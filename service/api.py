@@ -55,6 +55,7 @@ from service.errors import (
     AuthRefusedError,
     InputError,
     ResonatePatternsError,
+    ServerFailedError,
     ServerUnavailableError,
     UsageError,
 )
@@ -350,7 +351,13 @@ class InvocationApi:
                 return ApiError(400, f"the Resonate server refused the call: {exc}").response()
             log.warning("api_call", status=503, error=str(exc))
             return _unavailable(exc).response({"Retry-After": "1"})
-        except (ConnectorError, ClientError, OSError, ServerUnavailableError) as exc:
+        except (
+            ConnectorError,
+            ClientError,
+            OSError,
+            ServerUnavailableError,
+            ServerFailedError,
+        ) as exc:
             log.warning("api_call", status=503, error=str(exc) or type(exc).__name__)
             return _unavailable(exc).response({"Retry-After": "1"})
         if result is None:

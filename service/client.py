@@ -28,7 +28,9 @@ from service.connector.envelopes import SETTLED_STATES
 from service.connector.sdk import TaskData, Value, anycast_address, now_ms, validate_root_id
 from service.errors import (
     AuthRefusedError,
+    CallRefusedError,
     ResonatePatternsError,
+    ServerFailedError,
     ServerUnavailableError,
     UsageError,
 )
@@ -161,7 +163,9 @@ async def invoke(
     except ServerError as exc:
         if exc.code in (401, 403):
             raise AuthRefusedError(exc.code, exc.message, pid) from None
-        raise
+        if 400 <= exc.code < 500:
+            raise CallRefusedError(pid, exc.code, exc.message) from None
+        raise ServerFailedError(pid, exc.code, exc.message) from None
     cached = state in SETTLED_STATES
     runtime.telemetry.metrics.cache_result(pattern.name, "invocation", hit=cached)
     if state != "resolved":

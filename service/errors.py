@@ -117,3 +117,26 @@ class ServerUnavailableError(ResonatePatternsError):
             "or may not have started: call again with the same arguments (same id) to "
             "pick it up safely"
         )
+
+
+class CallRefusedError(UsageError):
+    """The Resonate server refused to store an invocation (a 4xx other than auth)."""
+
+    def __init__(self, promise_id: str, status: int, server_message: str) -> None:
+        self.promise_id = promise_id
+        self.status = status
+        super().__init__(
+            f"the Resonate server refused to store {promise_id!r} ({status}): {server_message}"
+        )
+
+
+class ServerFailedError(ResonatePatternsError):
+    """The Resonate server answered an invocation's create with a server error (5xx)."""
+
+    def __init__(self, promise_id: str, status: int, server_message: str) -> None:
+        self.promise_id = promise_id
+        self.status = status
+        super().__init__(
+            f"the Resonate server failed to store {promise_id!r} ({status}): {server_message}; "
+            "call again with the same arguments"
+        )

@@ -1,4 +1,5 @@
-"""``invoke`` reports a rejection only when the store agrees (issue [8], D2).
+"""``invoke`` reports a rejection only when the store agrees (issue [8], D2), and a
+refused create at once (D6).
 
 resonate-sdk 0.8.1 settles a waiting handle with a made-up rejection
 ("Awaited promise not found") when one listener registration is answered
@@ -8,14 +9,16 @@ A call whose promise is still pending must go on waiting, not fail.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from resonate.error import ApplicationError
+from resonate.error import ApplicationError, ServerError
 
 from service.client import RejectedError, invoke
 from service.config import load_settings
+from service.errors import CallRefusedError, ServerFailedError
 from service.patterns.registry import pattern
 
 
@@ -69,3 +72,23 @@ async def test_invoke__rejection_the_store_confirms__reported() -> None:
     runtime = _runtime([failed], ["rejected"])
     with pytest.raises(RejectedError, match="boom"):
         await invoke(runtime, pattern("factorial"), (6,))
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (400, CallRefusedError, "refused to store 'factorial-6' (400): id too long"),
+        (503, ServerFailedError, "failed to store 'factorial-6' (503): id too long"),
+    ],
+)
+async def test_invoke__create_answered_with_an_error__fails_at_once_naming_it(
+    status: int, error: type[Exception], message: str
+) -> None:
+    runtime = _runtime([], [])
+
+    async def refusing(*_: Any) -> Any:
+        raise ServerError(status, "id too long")
+
+    runtime.resonate.promises.create = refusing
+    with pytest.raises(error, match=re.escape(message)):
+        await invoke(runtime, pattern("factorial"), (6,), wait_seconds=600)
