@@ -3,8 +3,10 @@
 #   make demo   set everything up, then run the local stack demo (no cluster needed)
 #   make test   set everything up (venv, packages, helm, prometheus), then run all tests
 #               (SOAK=0 leaves out the 6-minute soak tests that run beside the others)
+#   make chaos  delete random worker pods of an installed release under load, then check
+#               that nothing was lost, wrong or run twice (CHAOS_ARGS: scripts/chaos_cluster.py flags)
 #
-# Both targets are idempotent: a second run reuses .venv and the tool cache.
+# These targets are idempotent: a second run reuses .venv and the tool cache.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -14,7 +16,7 @@ TOOLS_DIR ?= .tools
 # 1: `make test` also runs the minutes-long soak tests, beside the rest of the suite.
 SOAK ?= 1
 
-.PHONY: demo test setup tools lint typecheck bench clean manifests
+.PHONY: demo test setup tools lint typecheck bench clean manifests chaos
 
 $(STAMP): pyproject.toml scripts/find-python.sh
 	@set -euo pipefail; \
@@ -57,6 +59,9 @@ lint: setup
 	@$(PY) -m ruff check service tests bench scripts
 	@$(PY) -m ruff format --check service tests bench scripts
 	@$(PY) -m mypy
+
+chaos: setup
+	@$(PY) scripts/chaos_cluster.py $(CHAOS_ARGS)
 
 bench: setup
 	@$(PY) bench/throughput.py
