@@ -55,8 +55,9 @@ if TYPE_CHECKING:
 DEFAULT_READ_TIMEOUT_SECONDS = 60.0
 #: Longest wait for the stream's connection and response headers.
 CONNECT_TIMEOUT_SECONDS = 10.0
-#: Reconnect ladder: 0.1 s, 0.2 s, ... capped at 5 s while the server is away.
-RECONNECT_BACKOFF = ExponentialBackoff(initial=0.1, factor=2.0, max_delay=5.0)
+#: Reconnect ladder: 0.1 s, 0.2 s, ... capped at 2 s while the server is away
+#: (the same ladder as the HTTP connector's resends).
+RECONNECT_BACKOFF = ExponentialBackoff(initial=0.1, factor=2.0, max_delay=2.0)
 #: Request header announcing the worker's capacity (tasks it can run at once).
 CAPACITY_HEADER = "Resonate-Patterns-Capacity"
 #: Statuses that mean "this token may not listen here": logged as errors.
