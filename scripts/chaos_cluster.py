@@ -191,13 +191,7 @@ def check_cluster(opts: Options) -> None:
     if shutil.which(opts.kubectl) is None:
         msg = f"{opts.kubectl!r} not found on PATH: install kubectl or pass --kubectl"
         raise ClusterError(msg)
-    proc = subprocess.run(
-        [opts.kubectl, "-n", opts.namespace, "get", "pods", "-l", opts.selector, "-o", "name",
-         "--request-timeout=10s"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
+    proc = _get_pods(opts, "name")
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         msg = f"kubectl cannot reach namespace {opts.namespace!r} in a cluster: {why}"
@@ -207,15 +201,20 @@ def check_cluster(opts: Options) -> None:
         raise ClusterError(msg)
 
 
-def running_pods(opts: Options) -> list[str]:
-    """Names of the Running, not terminating, worker pods (none if kubectl failed this time)."""
-    proc = subprocess.run(
-        [opts.kubectl, "-n", opts.namespace, "get", "pods", "-l", opts.selector, "-o", "json",
+def _get_pods(opts: Options, output: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl get pods`` of the release's workers, as ``-o output``."""
+    return subprocess.run(
+        [opts.kubectl, "-n", opts.namespace, "get", "pods", "-l", opts.selector, "-o", output,
          "--request-timeout=10s"],
         capture_output=True,
         text=True,
         check=False,
     )  # fmt: skip
+
+
+def running_pods(opts: Options) -> list[str]:
+    """Names of the Running, not terminating, worker pods (none if kubectl failed this time)."""
+    proc = _get_pods(opts, "json")
     if proc.returncode != 0:
         return []
     try:

@@ -108,6 +108,21 @@ def log_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+async def read_sse(
+    session: aiohttp.ClientSession, url: str, on_message: Callable[[dict[str, Any]], None]
+) -> None:
+    """Hand each ``data:`` message of the stream at ``url`` to ``on_message`` until it ends."""
+    async with session.get(url, headers={"Accept": "text/event-stream"}) as resp:
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                frame, buffer = buffer.split(b"\n\n", 1)
+                for line in frame.decode().splitlines():
+                    if line.startswith("data: "):
+                        on_message(json.loads(line[6:]))
+
+
 def worker_url(stack: Stack, index: int) -> str:
     w = stack.workers[index]
     return f"http://{stack.plan.host}:{w.port}/metrics"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import time
@@ -24,7 +23,7 @@ from service.client import invoke
 from service.devserver.server import DevServer, ServerOptions
 from service.patterns.enrich import enrich_record
 from service.patterns.registry import pattern
-from tests.integration.conftest import log_events
+from tests.integration.conftest import log_events, read_sse
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +38,7 @@ class Stream:
         self._task = asyncio.create_task(self._run(session, url))
 
     async def _run(self, session: aiohttp.ClientSession, url: str) -> None:
-        async with session.get(url, headers={"Accept": "text/event-stream"}) as resp:
-            buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    frame, buffer = buffer.split(b"\n\n", 1)
-                    for line in frame.decode().splitlines():
-                        if line.startswith("data: "):
-                            self.got.append((time.monotonic(), json.loads(line[6:])))
+        await read_sse(session, url, lambda message: self.got.append((time.monotonic(), message)))
 
     def tasks(self) -> list[dict[str, Any]]:
         return [m["data"]["task"] for _, m in self.got if m["kind"] == "execute"]

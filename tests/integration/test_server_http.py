@@ -16,6 +16,7 @@ from resonate_base import PROTOCOL_VERSION
 
 from service.devserver.server import MAX_BODY_BYTES, DevServer, ServerOptions
 from service.devserver.state import KINDS
+from tests.integration.conftest import read_sse
 
 pytestmark = pytest.mark.slow
 
@@ -206,15 +207,7 @@ async def create_work(client: Client, promise_id: str, group: str) -> None:
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, into: list[dict[str, Any]]) -> None:
-    async with session.get(url, headers={"Accept": "text/event-stream"}) as resp:
-        buffer = b""
-        async for chunk in resp.content.iter_any():
-            buffer += chunk
-            while b"\n\n" in buffer:
-                frame, buffer = buffer.split(b"\n\n", 1)
-                for line in frame.decode().splitlines():
-                    if line.startswith("data: "):
-                        into.append(json.loads(line[6:]))
+    await read_sse(session, url, into.append)
 
 
 async def _until(predicate: Any, within: float = 3.0) -> None:
