@@ -278,10 +278,13 @@ class Stack:
         extra_env: dict[str, str] | None = None,
         server_args: list[str] | None = None,
         start_server: bool = True,
+        server_ready_path: str = "/readyz",
     ) -> None:
         self.plan = plan
         #: False to attach this stack's workers to a server started elsewhere.
         self.start_server = start_server
+        #: The server's readiness path (the official server's is ``/ready``).
+        self.server_ready_path = server_ready_path
         self._out = out
         self._env = {**os.environ, **(extra_env or {})}
         self._server_args = server_args or []
@@ -351,7 +354,7 @@ class Stack:
         if self.start_server:
             await self.server.spawn()
         try:
-            await self._wait_ready(f"{self.plan.url}/readyz")
+            await self._wait_ready(f"{self.plan.url}{self.server_ready_path}")
         except StackStartError:
             await self.server.terminate(2)
             raise StackStartError(

@@ -34,6 +34,8 @@ from resonate_base import PROTOCOL_VERSION
 from resonate_base.connections import Network, Source
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resonate.resonate import Resonate
 
 __all__ = [
@@ -116,6 +118,8 @@ class ExecutionSlots(asyncio.Semaphore):
         #: ``execute`` messages passed to the SDK whose execution has not
         #: asked for a permit yet (the SDK spawns it on the next loop turn).
         self.reserved = 0
+        #: Called after a permit is given back (the drain gate passes on work it held).
+        self.on_free: Callable[[], None] | None = None
 
     @property
     def busy(self) -> int:
@@ -139,6 +143,8 @@ class ExecutionSlots(asyncio.Semaphore):
     def release(self) -> None:
         self.held = max(0, self.held - 1)
         super().release()
+        if self.on_free is not None:
+            self.on_free()
 
 
 def install_execution_slots(resonate: Resonate, capacity: int) -> ExecutionSlots:

@@ -189,17 +189,54 @@ def _push(gate: DrainGate, message: dict[str, Any]) -> None:
     callback(json.dumps(message))
 
 
-async def test_gate__saturated_without_flow_control__passed_on_for_the_sdk_to_hold() -> None:
+async def test_gate__saturated_no_flow_control__held_once_per_task__passed_as_slots_free() -> None:
     # The official server cannot be told to hold work: a dropped execute would
-    # wait for its retry timer (30 s by default), so the SDK queues it as before.
+    # wait for its retry timer (30 s by default), so the gate holds it. That
+    # server re-sends every pending task each retry timeout: a re-send of a
+    # task already held is dropped, not queued again.
     gate, passed, sender, _ = _gate(2, flow_controlled=False)
-    for t in ("a", "b", "c"):
+    slots = gate.slots
+    assert slots is not None
+    for t in ("a", "b", "c", "d", "c"):
         _push(gate, _execute(t))
+    _push(gate, _execute("d", version=2))  # a newer version replaces the held one
     _push(gate, {"kind": "unblock", "head": {}, "data": {"promise": {"id": "x"}}})
-    assert [json.loads(m)["kind"] for m in passed] == ["execute"] * 3 + ["unblock"]
-    assert gate.refused == 0
+    assert [_task_or_kind(m) for m in passed] == ["a", "b", "unblock"]
+    assert (gate.held, gate.duplicates, gate.refused) == (2, 1, 0)
+
+    await slots.acquire()  # the SDK's executions of "a" and "b" start
+    await slots.acquire()
+    slots.release()  # "a" finishes: the oldest held passes on
+    assert [_task_or_kind(m) for m in passed][3:] == ["c"]
+    assert slots.busy == 2
+    await slots.acquire()
+    slots.release()
+    assert [json.loads(m)["data"]["task"] for m in passed[4:]] == [{"id": "d", "version": 2}]
+    assert gate.held == 0
     await asyncio.sleep(0.1)
     assert sender.calls == []
+
+
+async def test_gate__draining_without_flow_control__held_work_handed_back_at_once() -> None:
+    gate, passed, sender, _ = _gate(1, flow_controlled=False)
+    for t in ("a", "b", "c"):
+        _push(gate, _execute(t))
+    assert gate.held == 2
+    gate.start_draining()
+    assert gate.held == 0
+    await asyncio.sleep(0.2)
+    assert sorted(sender.calls) == [
+        ("acquire", "b"),
+        ("acquire", "c"),
+        ("release", "b"),
+        ("release", "c"),
+    ]
+    assert len(passed) == 1
+
+
+def _task_or_kind(raw: str) -> str:
+    msg = json.loads(raw)
+    return str(msg["data"]["task"]["id"]) if msg["kind"] == "execute" else str(msg["kind"])
 
 
 async def test_gate__saturated_against_flow_controlling_server__hands_back() -> None:
