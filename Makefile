@@ -1,7 +1,8 @@
 # resonate-patterns developer entry points.
 #
 #   make demo   set everything up, then run the local stack demo (no cluster needed)
-#   make test   set everything up (venv, packages, helm, prometheus), then run all tests
+#   make test   set everything up (venv, packages, helm, prometheus, and a Kubernetes control
+#               plane built with Go: several minutes the first time), then run all tests
 #               (SOAK=0 leaves out the 6-minute soak tests that run beside the others)
 #   make chaos  delete random worker pods of an installed release under load, then check
 #               that nothing was lost, wrong or run twice (CHAOS_ARGS: scripts/chaos_cluster.py flags)
@@ -35,6 +36,7 @@ setup: $(STAMP)
 
 tools: setup
 	@$(PY) scripts/install_tools.py --dir $(TOOLS_DIR)
+	@$(PY) scripts/install_control_plane.py --dir $(TOOLS_DIR)
 
 demo: setup
 	@$(VENV)/bin/resonate-patterns demo

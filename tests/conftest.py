@@ -100,13 +100,16 @@ def run_cli(
     )
 
 
-def require_tool(name: str) -> str:
-    """Path of an external tool; skip without it locally, fail in CI (CI=true)."""
+def require_tool(name: str, install: str = "make test installs it") -> str:
+    """Path of an external tool; skip without it locally, fail in CI (CI=true).
+
+    ``install`` tells how to get it, in the skip or failure message.
+    """
     import shutil
 
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (make test installs it)"
+        message = f"{name} is not installed ({install})"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
