@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING
 
 from service.config import settings_table
 from service.patterns.registry import PATTERNS
-from service.telemetry.metrics import metrics_table, operator_metrics_table
+from service.telemetry.metrics import (
+    backlog_metrics_table,
+    metrics_table,
+    operator_metrics_table,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,6 +37,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "config": settings_table,
     "metrics": metrics_table,
     "operator-metrics": operator_metrics_table,
+    "backlog-metrics": backlog_metrics_table,
     "patterns": patterns_table,
 }
 

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-namespaces", action="store_true", help="watch WorkerAutoscalers cluster-wide"
     )
 
+    sub.add_parser(
+        "backlog-api",
+        help="serve every worker group's backlog over HTTP (for KEDA's metrics-api trigger)",
+    )
     sub.add_parser("demo", help="run a short tour of every pattern and print the results")
     sub.add_parser("config", help="print every setting with its current value")
     return parser
@@ -842,6 +846,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             setup_logging(settings.log_level, settings.log_format)
             _run(run_operator(settings, namespace=ns.namespace, all_namespaces=ns.all_namespaces))
+            return EXIT_OK
+        if ns.command == "backlog-api":
+            from service.operator.backlog_api import run_backlog_api
+
+            setup_logging(settings.log_level, settings.log_format)
+            _run(run_backlog_api(settings))
             return EXIT_OK
         if ns.command == "config":
             return _config(settings)

@@ -319,6 +319,13 @@ class Settings:
         "(default: the namespace the operator runs in).",
         ("a namespace name or '*'", _namespace),
     )
+    backlog_scan_seconds: float = spec(
+        "RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS",
+        "2",
+        "Longest the operator and the backlog API reuse one scan of the server's backlog "
+        "(every group at once); 0 scans on every read.",
+        _float_in(0, 300),
+    )
     operator_peering: str | None = spec(
         "RESONATE_PATTERNS_OPERATOR_PEERING",
         "resonate-patterns",

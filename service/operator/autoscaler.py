@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 from service.operator.backlog import (
     Backlog,
     BacklogCapabilityError,
-    BacklogReader,
     BacklogReadError,
+    BacklogSource,
 )
 from service.operator.policy import Decision, PolicySpec, PolicyState, decide
 
@@ -69,7 +69,7 @@ async def autoscale_step(
     who: Identity,
     spec: PolicySpec,
     state: PolicyState,
-    reader: BacklogReader,
+    reader: BacklogSource,
     target: ScaleTarget,
     metrics: OperatorMetrics,
     *,

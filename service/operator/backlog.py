@@ -3,15 +3,18 @@
 Backlog = tasks not yet picked up (``pending``) plus tasks a worker holds
 (``acquired``) whose promise targets ``poll://any@{group}``. The server has
 no group filter on ``task.search`` and tasks carry no target, but a task's id
-is its promise's id, so the reader pages through
+is its promise's id, so one scan (:meth:`BacklogReader.scan`) pages through
 
-1. ``promise.search`` (state ``pending``, tag ``resonate:target``) for the ids
-   of the group's pending promises, then
-2. ``task.search`` (state ``pending``, then ``acquired``) for every such task,
+1. ``task.search`` (state ``pending``, then ``acquired``) for every such task,
+2. ``promise.search`` (state ``pending``) for every pending promise, whose
+   ``resonate:target`` tag names its group,
 
-and joins the two by id. Suspended tasks (waiting on children) are not
-backlog: they need no worker until a child settles. Pages are followed with
-the server's cursor until it stops returning one. The same code reads the
+and joins the two by id: the backlog of every group at once, so N groups
+cost one scan, not N. :class:`SharedScan` shares one scan among every reader
+of a server (the operator's autoscalers, the backlog API) for a few seconds.
+Suspended tasks (waiting on children) are not backlog: they need no worker
+until a child settles. Pages are followed with the server's cursor until it
+stops returning one. The same code reads the
 official server and the local one.
 
 Two kinds of failure, because the operator reacts to them differently:
@@ -35,9 +38,11 @@ Bearer`` for proxies in front of it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -45,6 +50,10 @@ from service.connector.envelopes import bearer_headers, request_envelope
 from service.connector.sdk import anycast_address as anycast
 from service.errors import ResonatePatternsError
 
+#: The tag a promise's routing address is stored under (set by the SDK).
+TARGET_TAG = "resonate:target"
+#: What every group's anycast address starts with (``poll://any@``).
+ANYCAST_PREFIX = anycast("")
 #: Largest page the official server allows.
 MAX_PAGE = 1000
 #: Longest server message quoted in an error (a proxy may answer with a whole HTML page).
@@ -177,6 +186,10 @@ class Backlog:
         return self.pending + self.acquired
 
 
+#: The backlog of a group with no work.
+EMPTY = Backlog(pending=0, acquired=0)
+
+
 class BacklogReader:
     """Reads backlogs from one Resonate server (an aiohttp session, reused)."""
 
@@ -272,29 +285,111 @@ class BacklogReader:
                 return records
             cursor = next_cursor
 
-    async def group_promises(self, group: str) -> set[str]:
-        """Ids of pending promises routed to ``group``."""
-        found = await self._pages(
-            "promise.search",
-            "promises",
-            {"state": "pending", "tags": {"resonate:target": anycast(group)}},
-        )
-        return {str(p["id"]) for p in found if "id" in p}
-
     async def task_ids(self, state: str) -> set[str]:
         found = await self._pages("task.search", "tasks", {"state": state})
         return {str(t["id"]) for t in found if "id" in t}
 
-    async def read_groups(self, groups: list[str]) -> dict[str, Backlog]:
-        """Backlogs of several groups, with one pass over the pending and acquired tasks."""
+    async def scan(self) -> dict[str, Backlog]:
+        """The backlog of every group with work, from one pass over tasks and promises."""
         pending = await self.task_ids("pending")
         acquired = await self.task_ids("acquired")
-        out: dict[str, Backlog] = {}
-        for group in groups:
-            ids = await self.group_promises(group)
-            out[group] = Backlog(pending=len(ids & pending), acquired=len(ids & acquired))
-        return out
+        promises = await self._pages("promise.search", "promises", {"state": "pending"})
+        return join_backlogs(promises, pending, acquired)
+
+    async def read_groups(self, groups: list[str]) -> dict[str, Backlog]:
+        """Backlogs of ``groups`` (a group without work has an empty backlog)."""
+        found = await self.scan()
+        return {group: found.get(group, EMPTY) for group in groups}
 
     async def read(self, group: str) -> Backlog:
         """The backlog of one group."""
         return (await self.read_groups([group]))[group]
+
+
+def group_of(target: object) -> str | None:
+    """The group an anycast address routes to (``poll://any@{group}[/...]``), else None."""
+    if not isinstance(target, str) or not target.startswith(ANYCAST_PREFIX):
+        return None
+    return target[len(ANYCAST_PREFIX) :].split("/", 1)[0] or None
+
+
+def join_backlogs(
+    promises: list[dict[str, Any]], pending: set[str], acquired: set[str]
+) -> dict[str, Backlog]:
+    """Count, per group, the pending promises whose task is pending or acquired."""
+    counts: dict[str, tuple[int, int]] = {}
+    for promise in promises:
+        tags = promise.get("tags")
+        group = group_of(tags.get(TARGET_TAG)) if isinstance(tags, dict) else None
+        if group is None:
+            continue
+        task_id = str(promise.get("id"))
+        waiting, running = counts.get(group, (0, 0))
+        counts[group] = (waiting + (task_id in pending), running + (task_id in acquired))
+    return {group: Backlog(*pair) for group, pair in counts.items() if sum(pair)}
+
+
+class BacklogSource(Protocol):
+    """What the autoscaler reads a group's backlog from."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def read(self, group: str) -> Backlog: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every group's backlog as one scan found it."""
+
+    backlogs: dict[str, Backlog]
+    #: Wall-clock time the scan finished (seconds since the epoch).
+    scanned_at: float
+    #: How long the scan took, in seconds.
+    duration: float
+
+
+class SharedScan:
+    """One scan of a server for every group, shared by all its readers for ``max_age`` seconds.
+
+    Concurrent readers wait for the same scan (one in flight at a time). A
+    failed scan is not kept: every waiter gets its error and the next read
+    scans again.
+    """
+
+    def __init__(
+        self,
+        reader: BacklogReader,
+        max_age_seconds: float,
+        *,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.reader = reader
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._last: Snapshot | None = None
+        self._last_at = 0.0
+        #: Scans made (for tests and metrics).
+        self.scans = 0
+
+    @property
+    def url(self) -> str:
+        return self.reader.url
+
+    async def snapshot(self) -> Snapshot:
+        async with self._lock:
+            if self._last is not None and self._clock() - self._last_at < self.max_age_seconds:
+                return self._last
+            started = self._clock()
+            backlogs = await self.reader.scan()
+            self.scans += 1
+            self._last_at = self._clock()
+            self._last = Snapshot(backlogs, time.time(), self._last_at - started)
+            return self._last
+
+    async def read(self, group: str) -> Backlog:
+        return (await self.snapshot()).backlogs.get(group, EMPTY)
+
+    async def close(self) -> None:
+        await self.reader.close()

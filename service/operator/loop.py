@@ -27,7 +27,7 @@ import kopf
 from kubernetes_asyncio import client as k8s
 
 from service.operator.autoscaler import Identity, autoscale_step
-from service.operator.backlog import BacklogReader
+from service.operator.backlog import BacklogReader, SharedScan
 from service.operator.kube import DeploymentScale, TargetMissingError, patch_status
 from service.operator.policy import PolicySpec, PolicyState
 from service.operator.status import (
@@ -54,7 +54,9 @@ class OperatorContext:
     poll_seconds: float | None = None
     #: Token for the Resonate servers (RESONATE_TOKEN); None sends no auth.
     token: str | None = None
-    readers: dict[str, BacklogReader] = field(default_factory=dict)
+    #: Longest one scan of a server is reused by every autoscaler reading it.
+    scan_seconds: float = 2.0
+    readers: dict[str, SharedScan] = field(default_factory=dict)
     api: k8s.ApiClient | None = None
 
     def client(self) -> k8s.ApiClient:
@@ -62,9 +64,13 @@ class OperatorContext:
             self.api = k8s.ApiClient(self.api_config)
         return self.api
 
-    def reader(self, url: str) -> BacklogReader:
+    def reader(self, url: str) -> SharedScan:
+        """One shared scan per server: N autoscalers (groups) cost one scan per interval."""
         if url not in self.readers:
-            self.readers[url] = BacklogReader(url, token=self.token)
+            age = self.scan_seconds
+            if self.poll_seconds is not None:  # never staler than the forced poll
+                age = min(age, self.poll_seconds)
+            self.readers[url] = SharedScan(BacklogReader(url, token=self.token), age)
         return self.readers[url]
 
     async def close(self) -> None:

@@ -108,7 +108,12 @@ async def run_operator(
         peering=peering or "standalone",
         http_port=port,
     )
-    context = OperatorContext(api_config=api_config, metrics=metrics, token=settings.token)
+    context = OperatorContext(
+        api_config=api_config,
+        metrics=metrics,
+        token=settings.token,
+        scan_seconds=settings.backlog_scan_seconds,
+    )
     try:
         await kopf.operator(
             registry=build_registry(peering=peering),

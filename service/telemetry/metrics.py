@@ -83,6 +83,12 @@ AUTOSCALER_CAPABILITY_ERRORS_NAME = PREFIX + "autoscaler_backlog_capability_erro
 #: Label values of ``reason`` on the capability-error counter: the search kind is
 #: unknown to the server (or 404/501), the token was refused (401), or it may not search (403).
 AUTOSCALER_CAPABILITY_REASONS = ("unsupported", "unauthorized", "forbidden")
+#: The backlog API (KEDA's metrics-api source): scans of the server and what they found.
+BACKLOG_SCANS_NAME = PREFIX + "backlog_scans_total"
+BACKLOG_SCAN_DURATION_NAME = PREFIX + "backlog_scan_duration_seconds"
+BACKLOG_GROUP_TASKS_NAME = PREFIX + "backlog_group_tasks"
+#: Outcomes of one backlog scan: read, failed (retry may help), refused (it will not).
+BACKLOG_SCAN_OUTCOMES = ("ok", "failed", "refused")
 
 Outcome = Literal["resolved", "rejected", "suspended", "retried"]
 #: Why a heartbeat failed: an error status from the server (``rejected``;
@@ -404,6 +410,12 @@ def operator_metric_docs() -> list[MetricDoc]:
     return _docs([m.backlog, m.desired, m.current, m.scales, m.read_failures, m.capability_errors])
 
 
+def backlog_metric_docs() -> list[MetricDoc]:
+    """Describe every metric the backlog API exports."""
+    m = BacklogMetrics()
+    return _docs([m.scans, m.scan_duration, m.group_tasks])
+
+
 def _table(docs: list[MetricDoc]) -> str:
     rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
     for d in docs:
@@ -420,6 +432,60 @@ def metrics_table() -> str:
 def operator_metrics_table() -> str:
     """The operator metrics reference as a Markdown table (embedded in the docs)."""
     return _table(operator_metric_docs())
+
+
+def backlog_metrics_table() -> str:
+    """The backlog API metrics reference as a Markdown table (embedded in the docs)."""
+    return _table(backlog_metric_docs())
+
+
+class BacklogMetrics:
+    """The backlog API's metric objects, in their own registry (labels: ``group``, never a task)."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.scans = Counter(
+            BACKLOG_SCANS_NAME,
+            "Scans of the Resonate server's backlog, by outcome (ok, failed, refused).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in BACKLOG_SCAN_OUTCOMES:
+            self.scans.labels(outcome)
+        self.scan_duration = Histogram(
+            BACKLOG_SCAN_DURATION_NAME,
+            "Seconds one scan of every group's backlog took.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.group_tasks = Gauge(
+            BACKLOG_GROUP_TASKS_NAME,
+            "Tasks of each group with work at the last scan: waiting (pending), running "
+            "(acquired) and both (total).",
+            ["group", "state"],
+            registry=r,
+        )
+        self._groups: set[str] = set()
+
+    def scanned(self, backlogs: dict[str, tuple[int, int]], seconds: float) -> None:
+        """Record a successful scan: ``backlogs`` maps group -> (pending, acquired)."""
+        self.scans.labels("ok").inc()
+        self.scan_duration.observe(seconds)
+        for group in self._groups - set(backlogs):  # drained since the last scan
+            for state in ("pending", "acquired", "total"):
+                self.group_tasks.labels(group, state).set(0)
+        for group, (pending, acquired) in backlogs.items():
+            for state, value in (
+                ("pending", pending),
+                ("acquired", acquired),
+                ("total", pending + acquired),
+            ):
+                self.group_tasks.labels(group, state).set(value)
+        self._groups |= set(backlogs)
+
+    def scan_failed(self, *, refused: bool) -> None:
+        self.scans.labels("refused" if refused else "failed").inc()
 
 
 class OperatorMetrics:

@@ -94,11 +94,12 @@ class SearchServer:
             if auth in self.forbidden_tokens:
                 return self._reply(kind, corr, 403, "Forbidden")
         if kind == "promise.search":
-            target = (data.get("tags") or {}).get("resonate:target", "")
+            # v0.9.8 filters by tags only when the search names some.
+            target = (data.get("tags") or {}).get("resonate:target")
             found = [
                 {"id": pid, "state": "pending", "tags": {"resonate:target": f"poll://any@{g}"}}
                 for pid, g in sorted(self.promises.items())
-                if f"poll://any@{g}" == target and data.get("state") == "pending"
+                if target in (None, f"poll://any@{g}") and data.get("state") == "pending"
             ]
             return self._reply(kind, corr, 200, {"promises": found, "cursor": None})
         if kind == "task.search" and self.task_search:

@@ -8,7 +8,12 @@ import pytest
 
 from service.client import RejectedError, invoke
 from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, pattern
-from service.telemetry.metrics import DEPTH_BUCKETS, metrics_table, operator_metrics_table
+from service.telemetry.metrics import (
+    DEPTH_BUCKETS,
+    backlog_metrics_table,
+    metrics_table,
+    operator_metrics_table,
+)
 from tests.conftest import ROOT
 
 
@@ -192,6 +197,7 @@ def test_docs__metrics_tables_match_definitions() -> None:
     docs = (ROOT / "docs" / "metrics.md").read_text()
     assert metrics_table() in docs
     assert operator_metrics_table() in docs
+    assert backlog_metrics_table() in docs
 
 
 def test_labels__bounded_sets_only() -> None:
