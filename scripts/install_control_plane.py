@@ -23,6 +23,10 @@ Contract:
   k8s.io/component-base/version.gitVersion=...``), so ``kubectl version`` shows the
   server as ``v1.37.2`` rather than ``v0.0.0-master``.
 
+* KEDA's CRDs (``keda.sh_*.yaml`` of ``github.com/kedacore/keda/v2``, from its
+  module zip on the proxy) go to ``.tools/crds/keda/``: the tests apply them to
+  the control plane and validate the chart's ScaledObjects against them.
+
 ``--check`` only reports what is missing (exit 1 if anything is).
 """
 
@@ -44,6 +48,9 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 #: kwok release: the newest the module proxy serves.
 KWOK_VERSION = "v0.8.0"
+#: KEDA release whose CRDs (ScaledObject, TriggerAuthentication) the chart is tested against.
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+KEDA_VERSION = "v2.21.0"
 #: Go's module path prefix for Kubernetes' staging modules (k8s.io/api, k8s.io/client-go, ...).
 STAGING_PREFIX = "./staging/src/"
 #: Packages whose version variables the Kubernetes build stamps (hack/lib/version.sh).
@@ -234,6 +241,36 @@ def missing(tools: Path, env: dict[str, str] | None) -> list[tuple[Source, str]]
     return out
 
 
+def keda_crds(tools: Path, env: dict[str, str] | None) -> bool:
+    """Put KEDA's CRDs in ``tools/crds/keda`` (once per version); False if that failed."""
+    target = tools / "crds" / "keda"
+    stamp = target / "VERSION"
+    if stamp.exists() and stamp.read_text().strip() == KEDA_VERSION:
+        return True
+    if env is None:
+        sys.stderr.write(f"error: go is not installed; it fetches KEDA {KEDA_VERSION}'s CRDs\n")
+        return False
+    say(f"fetching KEDA {KEDA_VERSION}'s CRDs from the Go module proxy")
+    try:
+        info = json.loads(
+            run_go(["mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"], tools, env)
+        )
+    except (BuildError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return False
+    bases = Path(info["Dir"]) / "config" / "crd" / "bases"
+    crds = sorted(bases.glob("keda.sh_*.yaml"))
+    if not crds:
+        sys.stderr.write(f"error: no keda.sh CRDs under {bases}\n")
+        return False
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for crd in crds:
+        shutil.copyfile(crd, target / crd.name)
+    stamp.write_text(KEDA_VERSION + "\n")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +282,8 @@ def main() -> int:
     have_go = shutil.which("go") is not None
     env = go_env(tools) if have_go else None
     todo = missing(tools, env)
+    if not args.check and not keda_crds(tools, env):
+        return 1
     if args.check or not todo:
         for source, name in todo:
             say(f"{name} {source.version} is missing or outdated")
