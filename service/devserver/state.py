@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 type Gate = Callable[[str, dict[str, Any], dict[str, Any]], tuple[int, str] | None]
 
 PROMISE_STATES = ("pending", "resolved", "rejected", "rejected_canceled", "rejected_timedout")
-SETTLE_STATES = ("resolved", "rejected", "rejected_canceled")
+SETTLE_REQUEST_STATES = ("resolved", "rejected", "rejected_canceled")
 TASK_STATES = ("pending", "acquired", "suspended", "halted", "fulfilled")
 #: How often a pending task's execute message is sent again (official default).
 DEFAULT_RETRY_MS = 30_000
@@ -690,10 +690,11 @@ def _promise_create(s: ServerState, now: int, d: dict[str, Any], corr: str) -> _
 def _settle_request(s: ServerState, now: int, d: dict[str, Any]) -> Promise:
     pid = _id(d)
     state = d.get("state")
-    if state not in SETTLE_STATES:
+    if state not in SETTLE_REQUEST_STATES:
         raise Fail(
             400,
-            f"Invalid request: 'state' must be one of {', '.join(SETTLE_STATES)}, got {state!r}",
+            f"Invalid request: 'state' must be one of {', '.join(SETTLE_REQUEST_STATES)}, "
+            f"got {state!r}",
         )
     value = _value(d.get("value"), "value")
     s.try_timeout(now, pid)

@@ -65,7 +65,6 @@ async def serve_http(app: web.Application, host: str, port: int) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
+    # The port the OS picked when ``port`` is 0 (``runner.addresses``: public API).
+    bound = next((int(a[1]) for a in runner.addresses if isinstance(a, tuple)), port)
+    return runner, bound

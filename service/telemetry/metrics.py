@@ -265,9 +265,6 @@ class WorkerMetrics:
         )
         self._deepest: dict[str, int] = {}
         self._child = LabelledChildren()
-        # Label lookups cost more than the increments on the per-execution path.
-        self._outcomes: dict[tuple[str, str], Any] = {}
-        self._per_function: dict[str, tuple[Any, Any]] = {}
         # Pre-create label sets that must exist from the first scrape, so
         # rate() and absent() queries work before the first event.
         self.leases_lost.labels(group)
