@@ -4,10 +4,15 @@
 every handler on it, so the operator (``resonate-patterns operator``) and the
 tests run the same handlers. Settings are applied at startup, never read in
 decorator arguments at import time.
+
+The daemons run without kopf's finalizer (see :func:`release_daemons`):
+deleting a WorkerAutoscaler needs no cleanup, and the DELETED watch event
+stops its daemon instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +25,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+#: The finalizer earlier builds of the operator put on every WorkerAutoscaler. Named here,
+#: kopf removes it from the objects that still carry it, since no handler needs it now.
+FINALIZER = "resonate-patterns.io/autoscaler"
+
+
 def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
     """Operator-wide kopf settings."""
     settings.posting.level = logging.INFO  # scale events (kopf.info) reach Kubernetes
-    settings.persistence.finalizer = "resonate-patterns.io/autoscaler"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="resonate-patterns.io"
     )
@@ -76,7 +86,39 @@ def build_registry(
         """Scale the target Deployment by the group's backlog for as long as the object exists."""
         await run_autoscaler(body, stopped, memo.context, logger)
 
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def forget(type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+        """Stop the daemon of a deleted autoscaler (no finalizer holds the object for kopf)."""
+        if type == "DELETED" and uid:
+            memo.context.deleted(uid)
+
+    release_daemons(registry)
     return registry
+
+
+def release_daemons(registry: kopf.OperatorRegistry) -> None:
+    """Let the registry's daemons run without a finalizer on their objects.
+
+    kopf puts a finalizer on every object a daemon serves, so that it can stop
+    the daemon before the object disappears, and has no switch to leave it
+    off (its maintainers keep it mandatory). Here it protects nothing, since
+    deleting a WorkerAutoscaler needs no cleanup, and it outlives the operator:
+    ``helm uninstall`` deletes the operator's Deployment, RoleBinding, Role and
+    ServiceAccount before the WorkerAutoscalers (Helm deletes kinds it does not
+    know last), and a namespace's deletion has no order at all; the operator is
+    then gone or forbidden to patch, the finalizer stays, and the namespace
+    stays Terminating for good. Without it, the ``forget`` handler stops the
+    daemon on the DELETED event, and the daemon also stops when its status
+    write finds the object gone (404).
+
+    This rewrites a private field of kopf's registry (``requires_finalizer`` of
+    the spawning handlers); tests/operator checks that the registry requires no
+    finalizer, so a kopf release that moves it fails there.
+    """
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False) for handler in spawning._handlers
+    ]
 
 
 def make_memo(context: OperatorContext) -> kopf.Memo:

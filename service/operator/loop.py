@@ -1,6 +1,9 @@
 """The life of one WorkerAutoscaler: poll, decide, scale, report, until it is deleted.
 
-Run by a kopf daemon (one per object). Every ``pollingIntervalSeconds`` it
+Run by a kopf daemon (one per object) until kopf stops it (operator exiting
+or paused by a peer) or the object is deleted: the DELETED watch event (see
+:meth:`OperatorContext.deleted`) or a 404 on the status write ends it, since
+no finalizer holds the object. Every ``pollingIntervalSeconds`` it
 reads the live spec, runs :func:`~service.operator.autoscaler.autoscale_step`,
 posts a Kubernetes Event when it scales (reason ``ScaledUp``, ``ScaledDown``
 or ``Fallback`` with the policy's explanation), and writes the status. A bad
@@ -19,6 +22,7 @@ meanwhile, never to zero.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +62,8 @@ class OperatorContext:
     scan_seconds: float = 2.0
     readers: dict[str, SharedScan] = field(default_factory=dict)
     api: k8s.ApiClient | None = None
+    #: Set when the WorkerAutoscaler with this uid is deleted; one per running loop.
+    gone: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def client(self) -> k8s.ApiClient:
         if self.api is None:
@@ -73,6 +79,12 @@ class OperatorContext:
             self.readers[url] = SharedScan(BacklogReader(url, token=self.token), age)
         return self.readers[url]
 
+    def deleted(self, uid: str) -> None:
+        """The WorkerAutoscaler ``uid`` is gone: its loop stops before its next step."""
+        event = self.gone.get(uid)
+        if event is not None:
+            event.set()
+
     async def close(self) -> None:
         for reader in self.readers.values():
             await reader.close()
@@ -87,6 +99,16 @@ def _interval(spec: dict[str, Any], ctx: OperatorContext) -> float:
         return max(ctx.poll_seconds, MIN_POLL_SECONDS)
     raw = spec.get("pollingIntervalSeconds", 5)
     return float(raw) if isinstance(raw, int | float) and raw >= 1 else 5.0
+
+
+async def _pause(stopped: kopf.DaemonStopped, gone: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if kopf stops the daemon or the object is deleted."""
+    waits = [asyncio.ensure_future(stopped.wait(seconds)), asyncio.ensure_future(gone.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _readable_event(
@@ -121,16 +143,18 @@ def _scale_event(body: kopf.Body, result: Any, target: str) -> None:
 async def run_autoscaler(
     body: kopf.Body, stopped: kopf.DaemonStopped, ctx: OperatorContext, logger: Any
 ) -> None:
-    """Poll and scale until the daemon is stopped (object deleted or operator exiting)."""
+    """Poll and scale until the daemon is stopped (operator exiting) or the object is deleted."""
     name = body.metadata.name or ""
     namespace = body.metadata.namespace or ""
+    uid = body.metadata.uid or ""
+    gone = ctx.gone[uid] = asyncio.Event()
     status: dict[str, Any] = dict(body.get("status") or {})
     state = PolicyState.from_status(status.get("policy"))
     custom = k8s.CustomObjectsApi(ctx.client())
     apps = k8s.AppsV1Api(ctx.client())
     group = ""
     try:
-        while not stopped:
+        while not stopped and not gone.is_set():
             spec: dict[str, Any] = dict(body.spec)
             generation = body.metadata.get("generation")
             group = str(spec.get("group", ""))
@@ -182,7 +206,9 @@ async def run_autoscaler(
                 if exc.status == 404:
                     return  # the autoscaler is gone
                 logger.warning(f"status update failed: {exc.status} {exc.reason}")
-            await stopped.wait(_interval(spec, ctx))
+            await _pause(stopped, gone, _interval(spec, ctx))
     finally:
+        if ctx.gone.get(uid) is gone:
+            del ctx.gone[uid]
         if group:
             ctx.metrics.forget(namespace, name, group)

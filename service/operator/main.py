@@ -5,13 +5,16 @@ Watches WorkerAutoscalers in one namespace (the operator's own by default,
 (``*`` / ``--all-namespaces``), serves ``/healthz``, ``/readyz`` and
 ``/metrics`` on ``RESONATE_PATTERNS_HTTP_PORT``, and coordinates with other
 replicas through kopf peering (``RESONATE_PATTERNS_OPERATOR_PEERING``) so only
-one acts at a time.
+one acts at a time: each replica takes a random peering priority, the highest
+acts and the others wait until it is gone (replicas of equal priority would
+all pause, kopf's rule for conflicting operators).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,10 @@ from service.telemetry.metrics import OperatorMetrics
 
 if TYPE_CHECKING:
     from service.config import Settings
+
+#: Peering priorities are drawn from 1..PRIORITIES; two replicas draw the same one
+#: with odds of about one in a billion (kopf docs, "Multi-pod operators").
+PRIORITIES = 1 << 30
 
 #: Where Kubernetes mounts the pod's namespace.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -98,6 +105,7 @@ async def run_operator(
     )
     clusterwide, namespaces = watch_scope(settings, namespace, all_namespaces)
     peering = None if settings.operator_peering == "standalone" else settings.operator_peering
+    priority = 0 if peering is None else random.SystemRandom().randint(1, PRIORITIES)
     log = get_logger("service.operator")
     structlog.contextvars.bind_contextvars(component="operator")
     log.info(
@@ -106,6 +114,7 @@ async def run_operator(
         clusterwide=clusterwide,
         namespaces=namespaces,
         peering=peering or "standalone",
+        priority=priority,
         http_port=port,
     )
     context = OperatorContext(
@@ -121,6 +130,7 @@ async def run_operator(
             namespaces=namespaces,
             standalone=peering is None,
             peering_name=peering,
+            priority=priority,
             memo=make_memo(context),
             stop_flag=stop,
             ready_flag=ready,

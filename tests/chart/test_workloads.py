@@ -146,7 +146,17 @@ def test_operator_env__namespaced_watch_from_the_downward_api_and_standalone() -
     assert field == "metadata.namespace"
     assert env["RESONATE_PATTERNS_OPERATOR_PEERING"]["value"] == "standalone"
     assert container["args"] == ["operator"]
-    assert operator["spec"]["strategy"]["type"] == "Recreate"
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_operator_strategy__with_peering__rolling_update_spelled_out_for_helm_to_own() -> None:
+    # Server-side apply drops only fields Helm owns: spelled out, rollingUpdate goes when
+    # the operator returns to one replica (Recreate refuses it; tests/cluster checks that).
+    (operator,) = render(CI_VALUES["operator-ha"]).component("Deployment", "operator")
+    assert operator["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+    }
 
 
 def test_operator_env__cluster_wide_watches_every_namespace_with_peering() -> None:
@@ -247,6 +257,8 @@ def test_worker_service__exposes_the_api_port_of_each_groups_pods() -> None:
 
 
 def test_replicas__absent_when_autoscaled_present_when_not() -> None:
+    # Offline (no live Deployment to look up); an upgrade writes back the live count,
+    # which tests/cluster/test_chart_lifecycle.py checks on a real API server.
     by_group = workers(render(CI_VALUES["two-groups"]))
     assert "replicas" not in by_group["workers"]["spec"]
     assert "replicas" not in by_group["math"]["spec"]

@@ -4,8 +4,8 @@ kmock (pinned) emulates a stateful Kubernetes API in-process. It lacks a few
 things a real API server does and that kopf or kubernetes clients rely on;
 :class:`Emulator` adds the smallest possible shim, for tests only:
 
-* resourceVersion/uid/creationTimestamp on every write (kopf adds its
-  finalizer with a JSON patch that tests ``metadata.resourceVersion``);
+* resourceVersion/uid/creationTimestamp on every write (kopf changes
+  finalizers with a JSON patch that tests ``metadata.resourceVersion``);
 * a 422 instead of a 500 when such a test op fails (kopf then retries on the
   next event instead of throttling);
 * ``generateName`` (kopf posts every Event with it);
@@ -90,10 +90,10 @@ class Emulator(kmock.KubernetesEmulator):
                 replicas = (data.get("spec") or {}).get("replicas")
                 data.clear()
                 data.update({"spec": {"replicas": replicas}} if replicas is not None else {})
-            # resourceVersion: kopf adds its finalizer (daemons require one) with a JSON-patch
+            # resourceVersion: kopf removes a finalizer (e.g. an older operator's) with a JSON-patch
             # that starts with {"op": "test", "path": "/metadata/resourceVersion"}; kmock has no
             # resourceVersion, so that op fails (HTTP 500), kopf retries and throttles, and the
-            # finalizer never lands.  A fresh version on every write also lets kopf see changes.
+            # finalizer never goes.  A fresh version on every write also lets kopf see changes.
             version = str(next(_versions))
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {})

@@ -28,7 +28,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from resonate_base import PROTOCOL_VERSION
 
-from service.operator.handlers import build_registry, make_memo
+from service.operator.handlers import FINALIZER, build_registry, make_memo
 from service.operator.loop import OperatorContext
 from service.stack import free_port
 from service.telemetry.metrics import OperatorMetrics
@@ -508,6 +508,67 @@ async def test_bad_spec_and_missing_target__reported_not_crashing(
         # Creating the Deployment later is picked up without restarting anything.
         await cluster.create_deployment("absent", 1)
         await until(lambda: ready("nodeploy").get("reason") == "BacklogRead", what="recovered")
+
+
+def test_registry__daemons__require_no_finalizer() -> None:
+    registry = build_registry(peering=None)
+
+    daemons = registry._spawning.get_all_handlers()
+
+    assert [h.id for h in daemons] == ["build_registry.<locals>.autoscale"]
+    assert not any(h.requires_finalizer for h in daemons)
+
+
+def wa_meta(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(cluster.emulator.objects[WA, NS, name].get("metadata") or {})
+
+
+async def test_deleted_autoscaler__no_finalizer__loop_stops_and_leaves_deployment_alone(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    async with running_operator(cluster) as operator:
+        await cluster.create_group("doomed", 1, resonate.url)
+        await resonate.submit("doomed", [f"d-{i}" for i in range(4)])
+        await until(lambda: cluster.replicas("doomed") == 2, what="scaled to the backlog")
+        assert FINALIZER not in (wa_meta(cluster, "doomed").get("finalizers") or [])
+
+        resp = await cluster.emulator.delete(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}/doomed"
+        )
+        assert resp.status == 200, await resp.text()
+        # Gone at once (nothing holds it), and its loop stops: no metrics, no more scaling.
+        assert cluster.emulator.objects[WA, NS, "doomed"].deleted
+        await until(lambda: not operator.gone, what="the loop stopped")
+        assert (
+            sample(
+                operator,
+                "resonate_patterns_autoscaler_current_replicas",
+                autoscaler="doomed",
+                group="doomed",
+            )
+            == 0
+        )
+        await resonate.submit("doomed", [f"e-{i}" for i in range(6)])
+        await asyncio.sleep(6 * POLL)
+        assert cluster.replicas("doomed") == 2
+
+
+async def test_old_finalizer__left_by_an_earlier_operator__removed(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    await cluster.create_deployment("legacy", 1)
+    await cluster.create_autoscaler(
+        "legacy",
+        {"scaleTargetRef": {"name": "legacy"}, "resonateUrl": resonate.url, "group": "legacy"},
+    )
+    await cluster.patch(
+        f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}/legacy",
+        {"metadata": {"finalizers": [FINALIZER]}},
+    )
+
+    async with running_operator(cluster):
+        await until(lambda: not wa_meta(cluster, "legacy").get("finalizers"), what="released")
+        await until(lambda: "observedPending" in cluster.status("legacy"), what="still managed")
 
 
 def _operator_in_thread(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from service.config import load_settings
-from service.operator.main import run_operator, watch_scope
+from service.operator.main import PRIORITIES, run_operator, watch_scope
 from service.stack import free_port
 from tests.conftest import wait_until_ok
 from tests.operator.kmock_shim import GROUP, NS, PLURAL, VERSION, Emulator, declare_resources
@@ -147,3 +147,33 @@ async def test_run_operator__resonate_token_from_settings__in_head_auth_and_bear
     assert {(s.head_auth, s.authorization) for s in searches} == {
         ("jwt-from-settings", "Bearer jwt-from-settings")
     }
+
+
+@pytest.mark.parametrize("peering", ["standalone", "resonate-patterns"])
+async def test_run_operator__peering__each_replica_draws_its_own_priority(
+    kmock: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peering: str
+) -> None:
+    # kopf pauses every replica when two share a priority: with peering, each draws one.
+    use_kubeconfig(kmock, tmp_path, monkeypatch)
+    drawn: list[int] = []
+
+    async def operator(**kwargs: Any) -> None:
+        drawn.append(kwargs["priority"])
+
+    monkeypatch.setattr("kopf.operator", operator)
+    settings = load_settings(
+        {
+            "RESONATE_PATTERNS_HTTP_HOST": "127.0.0.1",
+            "RESONATE_PATTERNS_HTTP_PORT": "0",
+            "RESONATE_PATTERNS_OPERATOR_PEERING": peering,
+        }
+    )
+
+    for _ in range(3):
+        await run_operator(settings, namespace=NS, stop=asyncio.Event())
+
+    if peering == "standalone":
+        assert drawn == [0, 0, 0]
+    else:
+        assert len(set(drawn)) == 3
+        assert all(1 <= p <= PRIORITIES for p in drawn)

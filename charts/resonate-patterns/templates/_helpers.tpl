@@ -395,3 +395,49 @@ each failure is one readable line naming the value to fix.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The WorkerAutoscaler CRD in the cluster must know every field the chart sets on a
+WorkerAutoscaler. Helm installs crds/ on the first install only and never upgrades
+them, and a CRD older than the chart refuses a field it lacks (Helm 4, server-side
+apply: "field not declared in schema") or drops it without a word (Helm 3,
+client-side apply). Fails the render naming the missing fields and the command that
+upgrades the CRDs. lookup returns nothing in helm template and lint: no check there;
+crds.check=false turns it off (it needs the right to read CRDs).
+*/}}
+{{- define "resonate-patterns.validateCrd" -}}
+{{- $rendered := include (print .Template.BasePath "/workers/workerautoscaler.yaml") . }}
+{{- $crdName := "workerautoscalers.resonate-patterns.io" }}
+{{- $crd := dict }}
+{{- if and .Values.crds.check (trim $rendered) }}
+{{- $crd = lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" $crdName }}
+{{- end }}
+{{- if $crd }}
+{{- $spec := dict }}
+{{- range $crd.spec.versions }}
+{{- if eq .name "v1alpha1" }}
+{{- $spec = .schema.openAPIV3Schema.properties.spec }}
+{{- end }}
+{{- end }}
+{{- $known := default dict $spec.properties }}
+{{- $missing := list }}
+{{- range $doc := regexSplit "(?m)^---$" $rendered -1 }}
+{{- $wa := fromYaml $doc }}
+{{- range $key, $value := (default dict $wa.spec) }}
+{{- if not (hasKey $known $key) }}
+{{- $missing = append $missing (printf "spec.%s" $key) }}
+{{- else if kindIs "map" $value }}
+{{- $nested := default dict (get $known $key).properties }}
+{{- range $inner, $_ := $value }}
+{{- if not (hasKey $nested $inner) }}
+{{- $missing = append $missing (printf "spec.%s.%s" $key $inner) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $missing | uniq | sortAlpha }}
+{{- fail (printf "the %s CRD in the cluster lacks %s, which this chart sets on WorkerAutoscalers (Helm installs crds/ on the first install only and never upgrades them); upgrade the CRDs first: kubectl apply --server-side --force-conflicts -f charts/resonate-patterns/crds/ (or: helm show crds <chart> | kubectl apply --server-side --force-conflicts -f -)" $crdName (join ", " .)) }}
+{{- end }}
+{{- end }}
+{{- end }}
