@@ -43,6 +43,7 @@ NOT_FOR_WORKERS = {
     "RESONATE_PATTERNS_DATA_DIR",
     "RESONATE_PATTERNS_WATCH_NAMESPACE",
     "RESONATE_PATTERNS_OPERATOR_PEERING",
+    "RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS",
 }
 
 #: (case id, values YAML, substrings every helm's stderr must contain, after
