@@ -137,7 +137,7 @@ when server.image.digest is set (the runtime then pulls by digest).
 */}}
 {{- define "resonate-patterns.server.image" -}}
 {{- $i := .Values.server.image }}
-{{- printf "%s:%s" $i.repository (toString $i.tag) }}
+{{- printf "%s:%s" (include "resonate-patterns.registry" (dict "root" . "repository" $i.repository)) (toString $i.tag) }}
 {{- with $i.digest }}@{{ . }}{{ end }}
 {{- end }}
 
@@ -248,10 +248,16 @@ server.externalUrl when the chart does not run a server.
 {{/*
 The image reference "repository:tag" of the resonate-patterns image (tag
 defaults to the chart's appVersion). A tag that already carries a digest
-("v1@sha256:...") is used as is.
+("v1@sha256:...") is used as is; image.digest, when set, wins over the tag
+("repository@sha256:..."). global.imageRegistry prefixes the repository.
 */}}
 {{- define "resonate-patterns.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) }}
+{{- $repository := include "resonate-patterns.registry" (dict "root" . "repository" .Values.image.repository) }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion (toString .Values.image.tag)) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -439,5 +445,176 @@ crds.check=false turns it off (it needs the right to read CRDs).
 {{- with $missing | uniq | sortAlpha }}
 {{- fail (printf "the %s CRD in the cluster lacks %s, which this chart sets on WorkerAutoscalers (Helm installs crds/ on the first install only and never upgrades them); upgrade the CRDs first: kubectl apply --server-side --force-conflicts -f charts/resonate-patterns/crds/ (or: helm show crds <chart> | kubectl apply --server-side --force-conflicts -f -)" $crdName (join ", " .)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Extension points and metadata shared by every object (extraEnv, extraVolumes,
+sidecars, probe overrides, commonAnnotations, global.imageRegistry).
+*/}}
+
+{{/*
+An image repository with global.imageRegistry in front ("<registry>/<repository>"),
+or the repository alone when no registry is set. Call with
+(dict "root" $ "repository" "<repository>").
+*/}}
+{{- define "resonate-patterns.registry" -}}
+{{- $registry := "" }}
+{{- with .root.Values.global }}{{ $registry = default "" .imageRegistry }}{{ end }}
+{{- if $registry }}
+{{- printf "%s/%s" (trimSuffix "/" $registry) .repository }}
+{{- else }}
+{{- .repository }}
+{{- end }}
+{{- end }}
+
+{{/*
+The annotations of an object as YAML (empty when there are none):
+commonAnnotations, then the object's own annotations (which win on the same
+key). Call with (dict "root" $ "annotations" <map or nil>).
+*/}}
+{{- define "resonate-patterns.annotations" -}}
+{{- $all := deepCopy (default dict .root.Values.commonAnnotations) }}
+{{- range $key, $value := (default dict .annotations) }}
+{{- $_ := set $all $key $value }}
+{{- end }}
+{{- with $all }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of a pod template: the selector labels, the manager and the user's
+commonLabels. No chart or app version: a chart upgrade that changes nothing
+else in a pod does not restart it. Callers add app.kubernetes.io/component
+(and the group, podLabels).
+*/}}
+{{- define "resonate-patterns.podLabels" -}}
+{{ include "resonate-patterns.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Resonate server's version as a label value: its image tag (v0.9.8),
+trimmed to 63 characters and to an alphanumeric first and last character.
+*/}}
+{{- define "resonate-patterns.server.version" -}}
+{{- regexReplaceAll "^[^A-Za-z0-9]+|[^A-Za-z0-9]+$" (toString .Values.server.image.tag | trunc 63) "" }}
+{{- end }}
+
+{{/*
+Common labels of the server's objects that describe its running version (its
+Deployment): app.kubernetes.io/version is the server's image tag, not the
+chart's appVersion.
+*/}}
+{{- define "resonate-patterns.server.labels" -}}
+{{- $labels := include "resonate-patterns.labels" . | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/version" (include "resonate-patterns.server.version" .) }}
+{{- toYaml $labels }}
+{{- end }}
+
+{{/*
+A probe as YAML: the chart's default probe with the user's override merged
+over it key by key. An override that brings its own handler (exec,
+tcpSocket, grpc; httpGet when the default has none) replaces the default's.
+Call with (dict "default" <probe map> "override" <map or nil>).
+*/}}
+{{- define "resonate-patterns.probe" -}}
+{{- $probe := deepCopy .default }}
+{{- $override := deepCopy (default dict .override) }}
+{{- $handlers := list "httpGet" "exec" "tcpSocket" "grpc" }}
+{{- range $handler := $handlers }}
+{{- if and (hasKey $override $handler) (not (hasKey $probe $handler)) }}
+{{- range $handlers }}{{ $_ := unset $probe . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- include "resonate-patterns.deepMerge" (dict "dst" $probe "src" $override) }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/*
+A map as YAML without its null entries: a security context whose runAsUser,
+runAsGroup or fsGroup is set to null leaves that key out (OpenShift's
+restricted SCC then assigns the ids).
+*/}}
+{{- define "resonate-patterns.omitNull" -}}
+{{- $out := dict }}
+{{- range $key, $value := . }}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $out $key $value }}{{ end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+A user-supplied value (a list or map, or a string of YAML) rendered with tpl,
+so it may use template expressions such as {{ .Release.Name }}. Call with
+(dict "value" <value> "root" $).
+*/}}
+{{- define "resonate-patterns.render" -}}
+{{- if kindIs "string" .value }}
+{{- tpl .value .root }}
+{{- else }}
+{{- tpl (toYaml .value) .root }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names of the environment variables the chart sets on the worker, operator and
+helm test containers itself (their extraEnv must not repeat them: duplicate
+names are rejected by server-side apply, or the last one silently wins).
+*/}}
+{{- define "resonate-patterns.worker.envNames" -}}
+RESONATE_URL RESONATE_GROUP RESONATE_TOKEN RESONATE_PATTERNS_FACTORIAL_TARGET RESONATE_PATTERNS_ENRICH_TARGET RESONATE_PATTERNS_TASK_TTL_SECONDS RESONATE_PATTERNS_MAX_CONCURRENT_TASKS RESONATE_PATTERNS_DRAIN_SECONDS RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
+{{- end }}
+{{- define "resonate-patterns.operator.envNames" -}}
+RESONATE_PATTERNS_WATCH_NAMESPACE RESONATE_PATTERNS_OPERATOR_PEERING RESONATE_TOKEN RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
+{{- end }}
+{{- define "resonate-patterns.tests.envNames" -}}
+RESONATE_URL RESONATE_GROUP RESONATE_TOKEN RESONATE_PATTERNS_LOG_FORMAT
+{{- end }}
+
+{{/*
+Fail when an extraEnv list names a variable the chart sets itself, or one
+name twice. Call with (dict "where" "<values path>" "env" <list> "reserved"
+<list of names> "also" <list of names set by another value> "alsoWhere"
+"<that value>").
+*/}}
+{{- define "resonate-patterns.checkExtraEnv" -}}
+{{- $seen := dict }}
+{{- range (default list .env) }}
+{{- if has .name $.reserved }}
+{{- fail (printf "%s sets %s, which the chart sets itself; use the chart's value for it (see values.yaml)" $.where .name) }}
+{{- end }}
+{{- if has .name (default list $.also) }}
+{{- fail (printf "%s sets %s, which %s sets too; set it in one place" $.where .name $.alsoWhere) }}
+{{- end }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "%s sets %s twice" $.where .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the extension points (rendered by templates/validate.yaml): no
+extraEnv repeats a variable the chart sets on that container.
+*/}}
+{{- define "resonate-patterns.validateExtensions" -}}
+{{- $root := . }}
+{{- range $i, $entry := .Values.workerGroups }}
+{{- $g := include "resonate-patterns.workerGroup" (dict "root" $root "group" $entry) | fromYaml }}
+{{- include "resonate-patterns.checkExtraEnv" (dict "where" (printf "workerGroups[%d] (%s): extraEnv" $i $g.name) "env" $g.extraEnv "reserved" (splitList " " (include "resonate-patterns.worker.envNames" $root)) "also" (keys (default dict $g.extraSettings)) "alsoWhere" "extraSettings") }}
+{{- end }}
+{{- if .Values.operator.enabled }}
+{{- include "resonate-patterns.checkExtraEnv" (dict "where" "operator.extraEnv" "env" .Values.operator.extraEnv "reserved" (splitList " " (include "resonate-patterns.operator.envNames" .))) }}
+{{- end }}
+{{- if .Values.server.enabled }}
+{{- include "resonate-patterns.checkExtraEnv" (dict "where" "server.extraEnv" "env" .Values.server.extraEnv "reserved" (splitList " " (include "resonate-patterns.server.envNames" .))) }}
+{{- end }}
+{{- if .Values.tests.enabled }}
+{{- include "resonate-patterns.checkExtraEnv" (dict "where" "tests.extraEnv" "env" .Values.tests.extraEnv "reserved" (splitList " " (include "resonate-patterns.tests.envNames" .))) }}
 {{- end }}
 {{- end }}
