@@ -7,17 +7,16 @@ maps the WorkerAutoscaler's fields one for one.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
 import jsonschema
-import pytest
 
 from tests.chart.conftest import CI_VALUES, NAMESPACE, RELEASE, Rendered, load_yaml, render
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_file
 
 KEDA_CRDS = ROOT / ".tools" / "crds" / "keda"
+KEDA_CRDS_INSTALL = "python scripts/install_control_plane.py fetches it"
 WORKERS = f"{RELEASE}-resonate-patterns-worker-workers"
 BATCH = f"{RELEASE}-resonate-patterns-worker-batch"
 BACKLOG_API = f"{RELEASE}-resonate-patterns-backlog-api"
@@ -25,12 +24,7 @@ BACKLOG_API = f"{RELEASE}-resonate-patterns-backlog-api"
 
 @cache
 def scaledobject_schema() -> dict[str, Any]:
-    path = KEDA_CRDS / "keda.sh_scaledobjects.yaml"
-    if not path.exists():
-        message = f"{path} is missing (python scripts/install_control_plane.py fetches it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    path = require_file(KEDA_CRDS / "keda.sh_scaledobjects.yaml", KEDA_CRDS_INSTALL)
     (version,) = [v for v in load_yaml(path)["spec"]["versions"] if v["storage"]]
     return dict(version["schema"]["openAPIV3Schema"])
 

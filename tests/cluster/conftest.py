@@ -88,6 +88,15 @@ STOP_GRACE = 10.0
 LOG_TAIL = 40
 
 
+def eventually[T](probe: Callable[[], T | None], what: str, within: float = 90.0) -> T:
+    """Poll ``probe`` until it returns something other than None (the tests' one wait loop)."""
+    deadline = time.monotonic() + within
+    while (value := probe()) is None:
+        assert time.monotonic() < deadline, f"{what} did not happen within {within:g} s"
+        time.sleep(0.2)
+    return value
+
+
 class ControlPlaneError(Exception):
     """A component failed to start; the message carries its log's tail."""
 

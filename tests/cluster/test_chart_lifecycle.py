@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -52,8 +51,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from resonate_base import PROTOCOL_VERSION
 
-from tests.cluster.conftest import ControlPlane
-from tests.conftest import ROOT, require_tool
+from tests.chart.test_keda import KEDA_CRDS, KEDA_CRDS_INSTALL
+from tests.cluster.conftest import ControlPlane, eventually
+from tests.conftest import ROOT, require_file, require_tool
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -72,15 +72,6 @@ FINALIZER = "resonate-patterns.io/autoscaler"
 WITHIN = 90.0
 #: An address nothing listens on, for releases whose server is never called.
 NOWHERE = "http://127.0.0.1:9"
-
-
-def eventually[T](probe: Callable[[], T | None], what: str, within: float = WITHIN) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + within
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"{what} did not happen within {within:g} s"
-        time.sleep(0.2)
-    return value
 
 
 def _die_with_parent() -> None:
@@ -809,8 +800,6 @@ def test_operator_ha__two_replicas_with_peering__one_acts_then_the_other_takes_o
 
 # --- autoscaling.engine keda: KEDA's CRDs, ScaledObjects, one engine per Deployment -------------
 
-KEDA_CRDS = ROOT / ".tools" / "crds" / "keda"
-
 
 def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engine_per_deployment(
     release: Release,
@@ -818,12 +807,7 @@ def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engin
     rel = release
     rel.data_volume()
     values = str(CI / "keda-values.yaml")
-    crd_file = KEDA_CRDS / "keda.sh_scaledobjects.yaml"
-    if not crd_file.exists():
-        message = f"{crd_file} is missing (python scripts/install_control_plane.py fetches it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(KEDA_CRDS / "keda.sh_scaledobjects.yaml", KEDA_CRDS_INSTALL)
     have_keda = rel.cp.kubectl("get", "crd", "scaledobjects.keda.sh", check=False)
     if have_keda.returncode != 0:
         refused = rel.helm("install", rel.name, str(CHART), "-f", values, check=False)
