@@ -10,7 +10,9 @@ The same workload, oracle and checks as the local chaos suite
   gracefully (``kubectl delete pod``: SIGTERM, the worker drains) and
   outright (``--grace-period=0 --force``);
 * every worker pod's log is followed (``kubectl logs -f``) from the moment
-  it runs, for the execution lines the checks need.
+  it runs, for the execution lines the checks need; or, with ``--worker-logs
+  DIR``, read from ``DIR/<pod>.log`` where something else writes it (the
+  cluster tests' bridge, whose kwok pods have no containers to take logs from).
 
 Then it prints the same summary line as the local suite and exits 0 if
 nothing was lost, wrong or re-executed (1 otherwise; 2 when there is no
@@ -18,6 +20,7 @@ cluster to talk to). Stalls are reported, not failed on.
 
     make chaos                                   # defaults: the k8s/ install
     python scripts/chaos_cluster.py --seconds 300 --namespace rp --release rp
+    python scripts/chaos_cluster.py --server-url http://127.0.0.1:8001 --worker-logs logs/
 
 Pod log timestamps come from the nodes' clocks and kill times from this
 machine's: on a cluster whose clocks differ from this one by more than a
@@ -70,12 +73,14 @@ class Options:
     """What one cluster chaos run does (parsed from the command line)."""
 
     namespace: str
-    #: Release name: the server Service is ``{release}-server``.
+    #: Release name: its pods and server Service carry app.kubernetes.io/instance=release.
     release: str
     #: Label selector of the worker pods to delete.
     selector: str
     #: Server URL to use as is; None to port-forward the server Service.
     server_url: str | None
+    #: Directory holding ``<pod>.log`` of every worker pod; None to follow ``kubectl logs``.
+    worker_logs: Path | None
     #: Worker group the calls are sent to.
     group: str
     #: Length of the deletion phase, seconds.
@@ -103,13 +108,22 @@ def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> Option
     p = argparse.ArgumentParser(prog="chaos_cluster.py", description=__doc__.split("\n")[0])
     p.add_argument("--namespace", default="resonate-patterns", help="namespace of the release")
     p.add_argument(
-        "--release", default="resonate-patterns", help="release name (server: svc/RELEASE-server)"
+        "--release",
+        default="resonate-patterns",
+        help="release name (its server Service is found by the chart's labels)",
     )
     p.add_argument("--selector", help="worker pod label selector (default: the release's)")
     p.add_argument(
         "--server-url",
         default=env.get("RESONATE_URL") or None,
         help="server URL to use instead of a port-forward (default: RESONATE_URL)",
+    )
+    p.add_argument(
+        "--worker-logs",
+        type=Path,
+        metavar="DIR",
+        help="read worker pod POD's log from DIR/POD.log instead of following kubectl logs "
+        "(for pods whose logs kubectl cannot read, e.g. kwok pods run by the test bridge)",
     )
     p.add_argument(
         "--group",
@@ -151,6 +165,8 @@ def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> Option
     low, high = a.interval
     if not 0 < low <= high:
         p.error("--interval needs 0 < MIN <= MAX")
+    if a.worker_logs is not None and not a.worker_logs.is_dir():
+        p.error(f"--worker-logs {a.worker_logs}: not a directory")
     seed = a.seed
     if seed is None:
         seed = int(env.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
@@ -159,6 +175,7 @@ def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> Option
         release=a.release,
         selector=a.selector or default_selector(a.release),
         server_url=a.server_url,
+        worker_logs=a.worker_logs,
         group=a.group,
         seconds=a.seconds,
         seed=seed,
@@ -235,14 +252,90 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ClusterRun:
-    """Port-forward, log followers, deletions and the workload of one run."""
+class KubectlLogs:
+    """Worker logs followed with ``kubectl logs -f`` into ``directory`` (a real cluster)."""
 
-    def __init__(self, opts: Options, logs: Path) -> None:
+    def __init__(self, opts: Options, directory: Path) -> None:
+        self.opts = opts
+        self.directory = directory
+        self.followers: dict[str, subprocess.Popen[bytes]] = {}
+        #: Seconds the followers get to write the last lines once the calls are done.
+        self.settle_seconds = 5.0
+
+    def path(self, pod: str) -> Path:
+        return self.directory / f"{pod}.log"
+
+    def paths(self) -> list[Path]:
+        return sorted(self.directory.glob("*.log"))
+
+    def follow(self, pods: Sequence[str]) -> None:
+        """Start ``kubectl logs -f`` for every pod not followed yet."""
+        for pod in pods:
+            if pod not in self.followers:
+                out = open(self.path(pod), "ab")  # noqa: SIM115 - kept by the child
+                self.followers[pod] = subprocess.Popen(
+                    [self.opts.kubectl, "-n", self.opts.namespace, "logs", "-f", pod],
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                )
+
+    def close(self) -> None:
+        for proc in self.followers.values():
+            if proc.poll() is None:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+
+
+class DirectoryLogs:
+    """Worker logs that something else writes to ``directory/<pod>.log`` as the pods run."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        #: The writer is local: a second is plenty for its last lines.
+        self.settle_seconds = 1.0
+
+    def path(self, pod: str) -> Path:
+        return self.directory / f"{pod}.log"
+
+    def paths(self) -> list[Path]:
+        return sorted(self.directory.glob("*.log"))
+
+    def follow(self, pods: Sequence[str]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def log_source(opts: Options, scratch: Path) -> KubectlLogs | DirectoryLogs:
+    """Where the run reads worker logs: ``--worker-logs``, else kubectl into ``scratch``."""
+    if opts.worker_logs is not None:
+        return DirectoryLogs(opts.worker_logs)
+    return KubectlLogs(opts, scratch)
+
+
+def server_service(opts: Options) -> str:
+    """The release's server Service (by the chart's labels), as ``svc/NAME``."""
+    selector = f"app.kubernetes.io/instance={opts.release},app.kubernetes.io/component=server"
+    proc = subprocess.run(
+        [opts.kubectl, "-n", opts.namespace, "get", "services", "-l", selector, "-o", "name",
+         "--request-timeout=10s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    names = proc.stdout.split() if proc.returncode == 0 else []
+    return names[0].replace("service/", "svc/", 1) if names else f"svc/{opts.release}-server"
+
+
+class ClusterRun:
+    """Port-forward, worker logs, deletions and the workload of one run."""
+
+    def __init__(self, opts: Options, logs: KubectlLogs | DirectoryLogs) -> None:
         self.opts = opts
         self.logs = logs
         self.rng = random.Random(opts.seed)
-        self.followers: dict[str, subprocess.Popen[bytes]] = {}
         self.deleted: dict[str, tuple[float, str]] = {}
         self.forward: subprocess.Popen[bytes] | None = None
 
@@ -251,7 +344,7 @@ class ClusterRun:
         if self.opts.server_url:
             return self.opts.server_url
         port = _free_port()
-        service = f"svc/{self.opts.release}-server"
+        service = server_service(self.opts)
         self.forward = subprocess.Popen(
             [self.opts.kubectl, "-n", self.opts.namespace, "port-forward", service,
              f"{port}:{SERVER_PORT}"],
@@ -267,15 +360,8 @@ class ClusterRun:
         raise ClusterError(msg)
 
     def follow_new_pods(self) -> None:
-        """Start ``kubectl logs -f`` for every Running worker pod not followed yet."""
-        for pod in running_pods(self.opts):
-            if pod not in self.followers:
-                out = open(self.logs / f"{pod}.log", "ab")  # noqa: SIM115 - kept by the child
-                self.followers[pod] = subprocess.Popen(
-                    [self.opts.kubectl, "-n", self.opts.namespace, "logs", "-f", pod],
-                    stdout=out,
-                    stderr=subprocess.DEVNULL,
-                )
+        """Follow the log of every Running worker pod not followed yet."""
+        self.logs.follow(running_pods(self.opts))
 
     def delete_one(self) -> None:
         """Delete one random Running worker pod, forced with probability ``force_ratio``."""
@@ -288,7 +374,7 @@ class ClusterRun:
         subprocess.run(delete_command(self.opts, pod, force), capture_output=True, check=False)
 
     async def chaos(self) -> None:
-        """Delete pods every 1-3 s for ``seconds``, following new pods' logs as they start."""
+        """Delete pods every MIN-MAX s for ``seconds``, following new pods' logs as they start."""
         deadline = time.monotonic() + self.opts.seconds
         next_kill = time.monotonic() + 2
         while time.monotonic() < deadline:
@@ -301,7 +387,7 @@ class ClusterRun:
     def kills(self) -> list[Kill]:
         out = []
         for pod, (at, how) in self.deleted.items():
-            path = self.logs / f"{pod}.log"
+            path = self.logs.path(pod)
             lines = path.read_text(errors="replace").splitlines() if path.exists() else []
             out.append(Kill(at, how, pod, tuple(parse_log_lines(lines))))
         return out
@@ -309,16 +395,16 @@ class ClusterRun:
     def events(self) -> list[dict[str, Any]]:
         return [
             e
-            for path in self.logs.glob("*.log")
+            for path in self.logs.paths()
             for e in parse_log_lines(path.read_text(errors="replace").splitlines())
         ]
 
     def close(self) -> None:
-        for proc in [*self.followers.values(), self.forward]:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
+        self.logs.close()
+        if self.forward is not None and self.forward.poll() is None:
+            self.forward.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.forward.wait(5)
 
 
 async def run(opts: Options, logs: Path) -> Summary:
@@ -326,7 +412,7 @@ async def run(opts: Options, logs: Path) -> Summary:
     from service.config import load_settings
     from service.runtime import build_runtime
 
-    cluster = ClusterRun(opts, logs)
+    cluster = ClusterRun(opts, log_source(opts, logs))
     try:
         url = await asyncio.to_thread(cluster.server_url)
         env = {**os.environ, "RESONATE_URL": url, "RESONATE_GROUP": opts.group}
@@ -353,7 +439,7 @@ async def run(opts: Options, logs: Path) -> Summary:
             await cluster.chaos()
             submitting[0] = False
             await asyncio.wait_for(asyncio.gather(*clients), 600)
-            await asyncio.sleep(5)  # let the followers write the last lines
+            await asyncio.sleep(cluster.logs.settle_seconds)  # the last log lines
         finally:
             submitting[0] = False
             for task in clients:

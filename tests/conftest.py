@@ -116,6 +116,16 @@ def require_tool(name: str, install: str = "make test installs it") -> str:
     return path
 
 
+def require_file(path: Path, install: str) -> Path:
+    """``path``, which an install step provides; skip without it locally, fail in CI."""
+    if not path.exists():
+        message = f"{path} is missing ({install})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 async def wait_until_ok(url: str, within: float = 15.0) -> None:
     """Poll ``url`` until it answers 200 (a server starting up)."""
     import asyncio

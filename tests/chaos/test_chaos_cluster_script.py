@@ -154,3 +154,56 @@ def test_running_pods__only_running_and_not_terminating(
     assert chaos_cluster.running_pods(opts) == ["a"]
     (tmp_path / "out.txt").write_text("not json")
     assert chaos_cluster.running_pods(opts) == []
+
+
+def test_parse_args__worker_logs__a_directory_or_usage_error(
+    chaos_cluster: ModuleType, tmp_path: Path
+) -> None:
+    opts = chaos_cluster.parse_args(["--worker-logs", str(tmp_path)], env={})
+    assert opts.worker_logs == tmp_path
+    assert chaos_cluster.parse_args([], env={}).worker_logs is None
+    with pytest.raises(SystemExit) as exc:
+        chaos_cluster.parse_args(["--worker-logs", str(tmp_path / "nope")], env={})
+    assert exc.value.code == 2
+
+
+def test_log_source__worker_logs__reads_pod_files_and_follows_nothing(
+    chaos_cluster: ModuleType, tmp_path: Path
+) -> None:
+    line = json.dumps(
+        {"event": "execution_started", "promise_id": "p", "timestamp": "2026-01-01T00:00:00Z"}
+    )
+    (tmp_path / "w-1.log").write_text(f"starting\n{line}\n")
+    (tmp_path / "operator.log").write_text('{"event": "operator_started"}\n')
+    opts = chaos_cluster.parse_args(["--worker-logs", str(tmp_path)], env={})
+    source = chaos_cluster.log_source(opts, tmp_path / "scratch")
+    run = chaos_cluster.ClusterRun(opts, source)
+    run.deleted = {"w-1": (1.0e9, "SIGKILL"), "w-2": (1.0e9, "SIGTERM")}
+
+    source.follow(["w-1", "w-2"])  # nothing to start: the files are written elsewhere
+
+    assert isinstance(source, chaos_cluster.DirectoryLogs)
+    assert source.path("w-1") == tmp_path / "w-1.log"
+    assert [e["promise_id"] for e in run.events()] == ["p"]
+    kills = {k.target: k for k in run.kills()}
+    assert [e["promise_id"] for e in kills["w-1"].events] == ["p"]
+    assert kills["w-2"].events == ()
+
+
+def test_log_source__default__follows_with_kubectl_logs(
+    chaos_cluster: ModuleType, tmp_path: Path
+) -> None:
+    opts = chaos_cluster.parse_args(["--namespace", "ns"], env={})
+    source = chaos_cluster.log_source(opts, tmp_path)
+    assert isinstance(source, chaos_cluster.KubectlLogs)
+    assert source.path("w-1") == tmp_path / "w-1.log"
+
+
+def test_server_service__found_by_labels__else_release_server(
+    chaos_cluster: ModuleType, tmp_path: Path
+) -> None:
+    fake = _fake_kubectl(tmp_path, "service/rp-resonate-patterns-server\n")
+    opts = chaos_cluster.parse_args(["--kubectl", str(fake), "--release", "rp"], env={})
+    assert chaos_cluster.server_service(opts) == "svc/rp-resonate-patterns-server"
+    (tmp_path / "out.txt").write_text("")
+    assert chaos_cluster.server_service(opts) == "svc/rp-server"

@@ -21,7 +21,7 @@ from tests.chart.conftest import CHART, CI_VALUES, Rendered, helm_run, render
 
 KUBE_VERSIONS = ("1.29", "1.34")
 #: API groups of custom resources the chart renders (validated elsewhere).
-CUSTOM_GROUPS = {"resonate-patterns.io", "kopf.dev", "monitoring.coreos.com"}
+CUSTOM_GROUPS = {"resonate-patterns.io", "kopf.dev", "monitoring.coreos.com", "keda.sh"}
 #: One values set per toggle, as the house style asks.
 REQUIRED_CI_SETS = {
     "default",
@@ -34,6 +34,7 @@ REQUIRED_CI_SETS = {
     "cluster-wide-operator",
     "operator-ha",
     "auth",
+    "keda",
 }
 
 

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.cluster.bridge import Bridge
 from tests.conftest import ROOT, require_tool
 
 if TYPE_CHECKING:
@@ -84,6 +86,15 @@ READY_WITHIN = 90.0
 STOP_GRACE = 10.0
 #: Lines of a component's log quoted when it fails.
 LOG_TAIL = 40
+
+
+def eventually[T](probe: Callable[[], T | None], what: str, within: float = 90.0) -> T:
+    """Poll ``probe`` until it returns something other than None (the tests' one wait loop)."""
+    deadline = time.monotonic() + within
+    while (value := probe()) is None:
+        assert time.monotonic() < deadline, f"{what} did not happen within {within:g} s"
+        time.sleep(0.2)
+    return value
 
 
 class ControlPlaneError(Exception):
@@ -638,3 +649,199 @@ def control_plane(
     yield plane
     killed = sup.stop()
     assert not killed, f"did not stop within {STOP_GRACE:g} s of SIGTERM: {killed}"
+
+
+# --- releases of the chart, run by the bridge --------------------------------
+
+#: The chart the release fixtures install.
+CHART = ROOT / "charts" / "resonate-patterns"
+#: Seconds the local server may take to answer /readyz.
+SERVER_READY_WITHIN = 30.0
+#: Seconds ``helm uninstall --wait`` may take (workers drain on the way out).
+UNINSTALL_WITHIN = 120.0
+#: Values every test release starts from: the server pod needs no volume (the
+#: bridge ignores it; the local server stands in for it), JSON logs (the
+#: chaos checks read them).
+BASE_VALUES: dict[str, Any] = {
+    "server": {"storage": {"persistence": {"enabled": False}}},
+    "logFormat": "json",
+}
+
+
+@dataclass
+class LocalServer:
+    """A ``resonate-patterns server`` process standing in for the chart's server pod."""
+
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, directory: Path) -> LocalServer:
+        """Start it on a free loopback port with an in-memory store; wait for /readyz.
+
+        ``--retry-ms 1000`` re-sends unacquired work as the chart configures the
+        official server to (``server.tasks.retryTimeoutMs``).
+        """
+        port = _free_port()
+        log = directory / "local-server.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+        argv = [sys.executable, "-m", "service", "server", "--host", "127.0.0.1",
+                "--port", str(port), "--data", ":memory:", "--retry-ms", "1000"]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, "RESONATE_PATTERNS_LOG_FORMAT": "json"},
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        server = cls(f"http://127.0.0.1:{port}", log, proc)
+        deadline = time.monotonic() + SERVER_READY_WITHIN
+        while True:
+            if proc.poll() is not None:
+                msg = f"local server exited {proc.returncode}:\n{log.read_text(errors='replace')}"
+                raise AssertionError(msg)
+            with contextlib.suppress(OSError, ValueError):
+                if _answers_ok(f"{server.url}/readyz"):
+                    return server
+            if time.monotonic() > deadline:
+                server.stop()
+                msg = f"local server not ready within {SERVER_READY_WITHIN:g} s"
+                raise AssertionError(msg)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Release:
+    """A Helm release of the chart in its own namespace, its pods run by a :class:`Bridge`."""
+
+    plane: ControlPlane
+    name: str
+    namespace: str
+    server: LocalServer
+    bridge: Bridge
+    #: the values the release was installed with
+    values_file: Path
+
+    @property
+    def fullname(self) -> str:
+        """The chart's ``resonate-patterns.fullname`` for this release."""
+        return self.name if "resonate-patterns" in self.name else f"{self.name}-resonate-patterns"
+
+    def worker_deployment(self, group: str = "workers") -> str:
+        return f"{self.fullname}-worker-{group}"
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 180) -> str:
+        """Run helm against the control plane as the admin; its stdout."""
+        proc = subprocess.run(
+            ["helm", *args, "-n", self.namespace, f"--kubeconfig={self.plane.kubeconfig}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+        )
+        if check and proc.returncode != 0:
+            msg = f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
+            raise AssertionError(msg)
+        return proc.stdout
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """kubectl as the admin, in the release's namespace."""
+        return self.plane.kubectl(*args, "-n", self.namespace, check=check)
+
+    def replicas(self, deployment: str) -> int:
+        """``spec.replicas`` of a Deployment, read through its /scale subresource."""
+        scale = self.kubectl(
+            "get", "--raw",
+            f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{deployment}/scale",
+        )  # fmt: skip
+        return int(json.loads(scale.stdout)["spec"].get("replicas") or 0)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` deep-merged over a copy of ``base``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Write ``line`` to the terminal past pytest's output capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+    else:
+        sys.stdout.write(line + "\n")
+
+
+@pytest.fixture
+def install(
+    control_plane: ControlPlane, tmp_path: Path
+) -> Iterator[Callable[[dict[str, Any]], Release]]:
+    """Install the chart (``BASE_VALUES`` plus the given values) as release ``rp``.
+
+    Each release gets its own namespace, a local server standing in for the
+    chart's server pod, and a :class:`~tests.cluster.bridge.Bridge` that runs
+    its worker and operator pods as processes (logs under ``tmp_path/pods``).
+    Teardown: the WorkerAutoscalers are deleted while the operator still runs,
+    then ``helm uninstall --wait`` (the workers drain); once the pods are gone
+    the bridge stops whatever is left and must have had to SIGKILL nothing, and
+    the namespace is deleted.
+    """
+    releases: list[Release] = []
+
+    def make(values: dict[str, Any]) -> Release:
+        namespace = f"t-{uuid.uuid4().hex[:8]}"
+        control_plane.kubectl("create", "namespace", namespace)
+        server = LocalServer.start(tmp_path)
+        bridge = Bridge(
+            control_plane, namespace=namespace, release="rp", server=server.url,
+            logs=tmp_path / "pods",
+        ).start()  # fmt: skip
+        values_file = tmp_path / f"values-{namespace}.yaml"
+        values_file.write_text(yaml.safe_dump(_merge(BASE_VALUES, values)))
+        release = Release(control_plane, "rp", namespace, server, bridge, values_file)
+        releases.append(release)
+        release.helm("install", release.name, str(CHART), "-f", str(values_file))
+        return release
+
+    yield make
+    problems: list[str] = []
+    for release in releases:
+        # The WorkerAutoscalers go first, while the operator still runs: helm deletes
+        # custom resources after Deployments, so a finalizer the operator put on them
+        # (kopf's default for daemons) would keep them, and the namespace, Terminating.
+        # The lifecycle tests (test_chart_lifecycle.py) check uninstalling alone.
+        release.kubectl("delete", "workerautoscalers", "--all", "--timeout=60s", check=False)
+        uninstall = release.helm(
+            "uninstall", release.name, "--wait", f"--timeout={UNINSTALL_WITHIN:g}s", check=False
+        )
+        release.kubectl("wait", "--for=delete", "pods", "--all", "--timeout=60s", check=False)
+        killed = release.bridge.close()
+        release.server.stop()
+        if "uninstalled" not in uninstall:
+            problems.append(f"helm uninstall {release.name}: {uninstall}")
+        if killed:
+            problems.append(f"bridge had to SIGKILL at shutdown: {killed}")
+        if release.bridge.errors:
+            problems.append(f"bridge errors: {release.bridge.errors}")
+        control_plane.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+    assert not problems, "\n".join(problems)

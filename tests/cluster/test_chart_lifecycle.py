@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -52,8 +51,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from resonate_base import PROTOCOL_VERSION
 
-from tests.cluster.conftest import ControlPlane
-from tests.conftest import ROOT, require_tool
+from tests.chart.test_keda import KEDA_CRDS, KEDA_CRDS_INSTALL
+from tests.cluster.conftest import ControlPlane, eventually
+from tests.conftest import ROOT, require_file, require_tool
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -72,15 +72,6 @@ FINALIZER = "resonate-patterns.io/autoscaler"
 WITHIN = 90.0
 #: An address nothing listens on, for releases whose server is never called.
 NOWHERE = "http://127.0.0.1:9"
-
-
-def eventually[T](probe: Callable[[], T | None], what: str, within: float = WITHIN) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + within
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"{what} did not happen within {within:g} s"
-        time.sleep(0.2)
-    return value
 
 
 def _die_with_parent() -> None:
@@ -426,7 +417,8 @@ def test_install__values__every_object_accepted_available_upgraded_uninstalled(
 
     rel.helm("uninstall", rel.name, "--wait", f"--timeout={WITHIN:g}s")
 
-    assert live_objects(rel, manifest) == []
+    # Everything goes but the durable store (helm.sh/resource-policy: keep).
+    assert live_objects(rel, manifest) == [("PersistentVolumeClaim", rel.fullname("server-data"))]
     rel.cp.kubectl("delete", "namespace", rel.namespace, f"--timeout={WITHIN:g}s")
 
 
@@ -803,3 +795,63 @@ def test_operator_ha__two_replicas_with_peering__one_acts_then_the_other_takes_o
     eventually(lambda: True if rel.replicas(workers) == 5 else None, "the standby scaled to 5")
     assert "Resuming operations after the pause" in standby.text()
     assert scaling(standby, workers)
+
+
+# --- autoscaling.engine keda: KEDA's CRDs, ScaledObjects, one engine per Deployment -------------
+
+
+def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engine_per_deployment(
+    release: Release,
+) -> None:
+    rel = release
+    rel.data_volume()
+    values = str(CI / "keda-values.yaml")
+    require_file(KEDA_CRDS / "keda.sh_scaledobjects.yaml", KEDA_CRDS_INSTALL)
+    have_keda = rel.cp.kubectl("get", "crd", "scaledobjects.keda.sh", check=False)
+    if have_keda.returncode != 0:
+        refused = rel.helm("install", rel.name, str(CHART), "-f", values, check=False)
+        assert refused.returncode != 0
+        assert (
+            "group workers uses autoscaling.engine keda, but KEDA is not installed "
+            "(no scaledobjects.keda.sh CRD)" in refused.stderr
+        ), refused.stderr
+    rel.cp.kubectl("apply", "--server-side", "-f", str(KEDA_CRDS))
+    rel.cp.kubectl(
+        "wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", f"--timeout={WITHIN:g}s"
+    )
+
+    rel.install("-f", values, "--wait", f"--timeout={WITHIN:g}s")
+
+    scaled = rel.get("scaledobjects.keda.sh")["items"]
+    assert sorted(s["metadata"]["name"] for s in scaled) == [
+        rel.fullname("worker-batch"),
+        rel.fullname("worker-workers"),
+    ]
+    assert rel.get("workerautoscalers")["items"] == []
+    names = {d["metadata"]["name"] for d in rel.get("deployments")["items"]}
+    assert rel.fullname("backlog-api") in names
+    assert rel.fullname("operator") not in names
+
+    # A WorkerAutoscaler made by hand for the same Deployment: the next upgrade refuses.
+    rel.cp.apply(
+        {
+            "apiVersion": "resonate-patterns.io/v1alpha1",
+            "kind": "WorkerAutoscaler",
+            "metadata": {"name": "by-hand", "namespace": rel.namespace},
+            "spec": {
+                "scaleTargetRef": {"name": rel.fullname("worker-workers")},
+                "resonateUrl": "http://server:8001",
+                "group": "workers",
+            },
+        }
+    )
+    twice = rel.upgrade("-f", values, check=False)
+    assert twice.returncode != 0
+    assert (
+        f"Deployment {rel.fullname('worker-workers')} would be scaled twice: group workers uses "
+        "autoscaling.engine keda, but WorkerAutoscaler by-hand already scales it"
+    ) in twice.stderr, twice.stderr
+    rel.kubectl("delete", "workerautoscaler", "by-hand")
+    rel.upgrade("-f", values, "--set", "logLevel=debug", "--wait", f"--timeout={WITHIN:g}s")
+    rel.helm("uninstall", rel.name, "--wait", f"--timeout={WITHIN:g}s")
+    assert rel.get("scaledobjects.keda.sh")["items"] == []

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.cluster.conftest import ControlPlane
+from tests.cluster.conftest import ControlPlane, eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.cluster_e2e, pytest.mark.slow]
 
@@ -38,15 +37,6 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def eventually[T](probe: Callable[[], T | None], what: str, within: float = WITHIN) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + within
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"{what} did not happen within {within:g} s"
-        time.sleep(0.2)
-    return value
 
 
 def deployment(name: str, namespace: str, replicas: int) -> dict[str, Any]:
@@ -104,7 +94,7 @@ def ready_pods(cp: ControlPlane, namespace: str, app: str, count: int) -> list[d
         pods = live_pods(cp, namespace, app)
         return pods if len(pods) == count and all(map(is_ready, pods)) else None
 
-    return eventually(probe, f"{count} ready pods of {app}")
+    return eventually(probe, f"{count} ready pods of {app}", WITHIN)
 
 
 def pod_gone(cp: ControlPlane, namespace: str, pod: str) -> bool:

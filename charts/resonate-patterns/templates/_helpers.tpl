@@ -510,3 +510,67 @@ __scope__="" marker of rules/alerts.yaml.
 {{- define "resonate-patterns.monitoring.ruleScope" -}}
 {{- printf "namespace=%q,app_kubernetes_io_instance=%q" .Release.Namespace .Release.Name }}
 {{- end }}
+
+{{/*
+"true" when the backlog API runs: some group scales with KEDA, or
+backlogApi.enabled forces it (e.g. for dashboards). Empty otherwise.
+*/}}
+{{- define "resonate-patterns.backlogApi.enabled" -}}
+{{- $on := .Values.backlogApi.enabled -}}
+{{- range $entry := .Values.workerGroups }}
+{{- $g := include "resonate-patterns.workerGroup" (dict "root" $ "group" $entry) | fromYaml }}
+{{- if and $g.autoscaling.enabled (eq $g.autoscaling.engine "keda") }}{{ $on = true }}{{ end }}
+{{- end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the backlog API's Deployment and Service.
+*/}}
+{{- define "resonate-patterns.backlogApi.fullname" -}}
+{{- printf "%s-backlog-api" (include "resonate-patterns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The URL KEDA's metrics-api trigger reads (in-cluster Service DNS, with the namespace,
+since KEDA's operator runs in its own namespace).
+*/}}
+{{- define "resonate-patterns.backlogApi.url" -}}
+{{- printf "http://%s.%s.svc:%s" (include "resonate-patterns.backlogApi.fullname" .) .Release.Namespace (include "resonate-patterns.httpPort" .) }}
+{{- end }}
+
+{{/*
+Against the cluster (crds.check): a group scaled by KEDA needs KEDA's
+ScaledObject CRD, and no Deployment may be scaled by two engines at once (a
+WorkerAutoscaler or ScaledObject of another release or made by hand targeting
+a Deployment this release gives to the other engine). Objects of this release
+are fine: an engine switch replaces them in the same upgrade.
+*/}}
+{{- define "resonate-patterns.validateEngines" -}}
+{{- if .Values.crds.check }}
+{{- $root := . }}
+{{- $kedaCrd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "scaledobjects.keda.sh" }}
+{{- $was := (lookup "resonate-patterns.io/v1alpha1" "WorkerAutoscaler" .Release.Namespace "").items | default list }}
+{{- $sos := list }}
+{{- if $kedaCrd }}
+{{- $sos = (lookup "keda.sh/v1alpha1" "ScaledObject" .Release.Namespace "").items | default list }}
+{{- end }}
+{{- range $entry := .Values.workerGroups }}
+{{- $g := include "resonate-patterns.workerGroup" (dict "root" $root "group" $entry) | fromYaml }}
+{{- if $g.autoscaling.enabled }}
+{{- $target := include "resonate-patterns.worker.fullname" (dict "root" $root "group" $g.name) }}
+{{- $keda := eq $g.autoscaling.engine "keda" }}
+{{- /* lookup finds nothing under `helm template`: check only against a live cluster. */}}
+{{- if and $keda (not $kedaCrd) (lookup "v1" "Namespace" "" "default") }}
+{{- fail (printf "group %s uses autoscaling.engine keda, but KEDA is not installed (no scaledobjects.keda.sh CRD); install KEDA first, or set crds.check=false to skip this check" $g.name) }}
+{{- end }}
+{{- range $other := ternary $was $sos $keda }}
+{{- $owner := index (default dict $other.metadata.annotations) "meta.helm.sh/release-name" }}
+{{- if and (eq (toString $other.spec.scaleTargetRef.name) $target) (ne (toString $owner) $root.Release.Name) }}
+{{- fail (printf "Deployment %s would be scaled twice: group %s uses autoscaling.engine %s, but %s %s already scales it; delete that object or change the group's engine" $target $g.name $g.autoscaling.engine $other.kind $other.metadata.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
