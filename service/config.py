@@ -124,6 +124,31 @@ def _text(raw: str) -> str:
     return value
 
 
+#: A Kubernetes label key: an optional DNS-subdomain prefix and "/", then a name of at most
+#: 63 characters (alphanumerics, '-', '_', '.'; alphanumeric at both ends).
+LABEL_KEY_RE = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: A Kubernetes label value: empty, or a label name's shape.
+LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_SELECTOR_ACCEPTED = "comma-separated key=value label pairs, e.g. app.kubernetes.io/instance=rp"
+
+
+def _selector(raw: str) -> tuple[tuple[str, str], ...]:
+    """Equality terms only (kubectl's ``-l k=v,k2=v2``); each key once."""
+    terms: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if sep != "=" or key in terms or value.startswith("="):
+            raise ValueError(_SELECTOR_ACCEPTED)
+        prefix = key.rpartition("/")[0]
+        if len(prefix) > 253 or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(value):
+            raise ValueError(_SELECTOR_ACCEPTED)
+        terms[key] = value
+    return tuple(terms.items())
+
+
 def _token(raw: str) -> str:
     value = raw.strip()
     # A JWT is three base64url parts; anything with whitespace or control
@@ -332,6 +357,15 @@ class Settings:
         "kopf peering object shared by operator replicas so only one acts at a time "
         "(empty value: default; 'standalone' turns peering off).",
         ("a peering name, or 'standalone'", _text),
+    )
+
+    operator_selector: tuple[tuple[str, str], ...] | None = spec(
+        "RESONATE_PATTERNS_OPERATOR_SELECTOR",
+        None,
+        "Labels a WorkerAutoscaler must carry for the operator to act on it, so that several "
+        "operators (releases) share a namespace or cluster without touching each other's "
+        "(default: every WorkerAutoscaler it watches).",
+        (_SELECTOR_ACCEPTED, _selector),
     )
 
     @property

@@ -3,7 +3,9 @@
 :func:`build_registry` returns a fresh :class:`kopf.OperatorRegistry` with
 every handler on it, so the operator (``resonate-patterns operator``) and the
 tests run the same handlers. Settings are applied at startup, never read in
-decorator arguments at import time.
+decorator arguments at import time: the label selector
+(``RESONATE_PATTERNS_OPERATOR_SELECTOR``) reaches the handlers' ``labels=``
+filters when :func:`build_registry` is called at startup.
 
 The daemons run without kopf's finalizer (see :func:`release_daemons`):
 deleting a WorkerAutoscaler needs no cleanup, and the DELETED watch event
@@ -22,7 +24,7 @@ from service.operator.kube import GROUP, PLURAL, VERSION
 from service.operator.loop import OperatorContext, run_autoscaler
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 
 #: The finalizer earlier builds of the operator put on every WorkerAutoscaler. Named here,
@@ -54,11 +56,19 @@ def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
 def build_registry(
     *,
     peering: str | None,
+    selector: Iterable[tuple[str, str]] | None = None,
     login: Callable[..., kopf.ConnectionInfo | None] | None = None,
     tweak: Callable[[kopf.OperatorSettings], None] | None = None,
 ) -> kopf.OperatorRegistry:
-    """Every handler of the operator on a new registry."""
+    """Every handler of the operator on a new registry.
+
+    With a ``selector`` ((label, value) pairs), the handlers act only on
+    WorkerAutoscalers carrying every one of those labels: kopf filters the
+    watched objects, so another release's objects in the same namespace get
+    no daemon, no status, no annotations and no events from this operator.
+    """
     registry = kopf.OperatorRegistry()
+    labels = dict(selector) if selector else None
 
     @kopf.on.login(registry=registry)
     async def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -79,14 +89,16 @@ def build_registry(
         """Close the Resonate readers and the Kubernetes client."""
         await memo.context.close()
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
+    @kopf.daemon(
+        GROUP, VERSION, PLURAL, registry=registry, labels=labels, cancellation_timeout=10.0
+    )
     async def autoscale(
         body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, logger: Any, **_: Any
     ) -> None:
         """Scale the target Deployment by the group's backlog for as long as the object exists."""
         await run_autoscaler(body, stopped, memo.context, logger)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, labels=labels)
     async def forget(type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
         """Stop the daemon of a deleted autoscaler (no finalizer holds the object for kopf)."""
         if type == "DELETED" and uid:

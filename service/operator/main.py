@@ -7,7 +7,10 @@ Watches WorkerAutoscalers in one namespace (the operator's own by default,
 replicas through kopf peering (``RESONATE_PATTERNS_OPERATOR_PEERING``) so only
 one acts at a time: each replica takes a random peering priority, the highest
 acts and the others wait until it is gone (replicas of equal priority would
-all pause, kopf's rule for conflicting operators).
+all pause, kopf's rule for conflicting operators). With
+``RESONATE_PATTERNS_OPERATOR_SELECTOR`` it acts only on the WorkerAutoscalers
+carrying those labels (the chart passes its release's instance label), so
+several releases' operators share a namespace.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ async def run_operator(
         namespaces=namespaces,
         peering=peering or "standalone",
         priority=priority,
+        selector=dict(settings.operator_selector or ()),
         http_port=port,
     )
     context = OperatorContext(
@@ -125,7 +129,7 @@ async def run_operator(
     )
     try:
         await kopf.operator(
-            registry=build_registry(peering=peering),
+            registry=build_registry(peering=peering, selector=settings.operator_selector),
             clusterwide=clusterwide,
             namespaces=namespaces,
             standalone=peering is None,

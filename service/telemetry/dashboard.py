@@ -7,8 +7,10 @@ that the Helm chart ships (``charts/resonate-patterns/dashboards/``); a test
 checks the committed file matches this definition and evaluates every panel
 query against a real Prometheus.
 
-The dashboard has a datasource variable and ``group`` / ``function``
-template variables; ``$__rate_interval`` is Grafana's rate window.
+The dashboard has a datasource variable and ``namespace`` / ``group`` /
+``function`` template variables; every query filters on ``namespace`` (the
+release's namespace: several releases, or one autoscaler's namespace, share a
+Prometheus), and ``$__rate_interval`` is Grafana's rate window.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from service.telemetry import metrics as m
 DASHBOARD_UID = "resonate-patterns"
 DASHBOARD_FILE = "resonate-patterns.json"
 
-_SEL = 'group=~"$group",function=~"$function"'
-_GROUP = 'group=~"$group"'
+#: The namespace matcher every query starts with.
+_NS = 'namespace=~"$namespace"'
+_SEL = f'{_NS},group=~"$group",function=~"$function"'
+_GROUP = f'{_NS},group=~"$group"'
 _RATE = "[$__rate_interval]"
 
 
@@ -190,7 +194,8 @@ WORKER_PANELS: list[Panel] = [
     ),
 ]
 
-_AUTOSCALER = 'group=~"$group"'
+#: The operator's metrics carry the WorkerAutoscaler's namespace (the chart's scrape keeps it).
+_AUTOSCALER = f'{_NS},group=~"$group"'
 
 #: The autoscaling operator's panels (Kubernetes operator or `up --autoscale`).
 OPERATOR_PANELS: list[Panel] = [
@@ -310,11 +315,14 @@ def build() -> dict[str, Any]:
                     "query": "prometheus",
                     "current": {},
                 },
-                _variable("group", "Group", f"label_values({m.WORKER_INFO_NAME}, group)"),
+                _variable(
+                    "namespace", "Namespace", f"label_values({m.WORKER_INFO_NAME}, namespace)"
+                ),
+                _variable("group", "Group", f"label_values({m.WORKER_INFO_NAME}{{{_NS}}}, group)"),
                 _variable(
                     "function",
                     "Function",
-                    f'label_values({m.EXECUTIONS_NAME}{{group=~"$group"}}, function)',
+                    f"label_values({m.EXECUTIONS_NAME}{{{_GROUP}}}, function)",
                 ),
             ]
         },

@@ -144,7 +144,11 @@ def test_kopf_peering_object__rendered_with_peering_and_valid(
     (peering,) = rendered.kind(kind)
     assert peering["apiVersion"] == "kopf.dev/v1"
     validate(peering, crd_name)
-    assert peering["metadata"]["name"] == "resonate-patterns"
+    # Derived from the release (and, cluster-scoped, its namespace): no two releases share it.
+    expected = (
+        "rp-resonate-patterns-operator" if namespaced else "rp-ns-rp-resonate-patterns-operator"
+    )
+    assert peering["metadata"]["name"] == expected
     assert ("namespace" in peering["metadata"]) is namespaced
     if namespaced:
         assert peering["metadata"]["namespace"] == NAMESPACE

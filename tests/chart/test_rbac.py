@@ -117,3 +117,19 @@ def test_no_operator__no_rbac() -> None:
     rendered = render(CI_VALUES["autoscaling-off"])
     for kind in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
         assert not rendered.kind(kind)
+
+
+def test_cluster_wide_operator__cluster_scoped_names_carry_the_namespace() -> None:
+    """One release name in two namespaces: two ClusterRoles and bindings, not one overwritten."""
+    names: dict[str, set[str]] = {"ClusterRole": set(), "ClusterRoleBinding": set()}
+    for namespace in ("team-a", "team-b"):
+        rendered = render(CI_VALUES["cluster-wide-operator"], namespace=namespace)
+        (role,) = rendered.kind("ClusterRole")
+        (binding,) = rendered.kind("ClusterRoleBinding")
+        assert role["metadata"]["name"] == f"{namespace}-rp-resonate-patterns-operator"
+        assert binding["metadata"]["name"] == role["metadata"]["name"]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"][0]["namespace"] == namespace
+        names["ClusterRole"].add(role["metadata"]["name"])
+        names["ClusterRoleBinding"].add(binding["metadata"]["name"])
+    assert all(len(v) == 2 for v in names.values())

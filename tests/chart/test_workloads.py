@@ -163,7 +163,7 @@ def test_operator_env__cluster_wide_watches_every_namespace_with_peering() -> No
     (operator,) = render(CI_VALUES["cluster-wide-operator"]).component("Deployment", "operator")
     settings = load_settings(literal_env(container_of(operator)))
     assert settings.watch_namespace == "*"
-    assert settings.operator_peering == "resonate-patterns"
+    assert settings.operator_peering == "rp-ns-rp-resonate-patterns-operator"
     assert operator["spec"]["replicas"] == 2
     assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
 
@@ -171,7 +171,7 @@ def test_operator_env__cluster_wide_watches_every_namespace_with_peering() -> No
 def test_operator_env__two_replicas_turn_peering_on() -> None:
     (operator,) = render(CI_VALUES["operator-ha"]).component("Deployment", "operator")
     settings = load_settings(literal_env(container_of(operator)))
-    assert settings.operator_peering == "resonate-patterns"
+    assert settings.operator_peering == "rp-resonate-patterns-operator"
     assert settings.watch_namespace == NAMESPACE
 
 
@@ -397,3 +397,46 @@ def test_service_account_tokens__mounted_only_for_the_operator(
         component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
         mounted = spec.get("automountServiceAccountToken", True)
         assert mounted is (component == "operator"), f"{name}: {obj['metadata']['name']}"
+
+
+# -- several releases per namespace and cluster --------------------------------------------------
+
+
+def test_operator_selector__own_release_label__which_every_worker_autoscaler_carries() -> None:
+    rendered = render(CI_VALUES["two-groups"], release="team-x")
+    (operator,) = rendered.component("Deployment", "operator")
+    settings = load_settings(literal_env(container_of(operator)))
+    assert settings.operator_selector == (("app.kubernetes.io/instance", "team-x"),)
+    autoscalers = rendered.kind("WorkerAutoscaler")
+    assert autoscalers
+    for autoscaler in autoscalers:
+        assert autoscaler["metadata"]["labels"]["app.kubernetes.io/instance"] == "team-x"
+
+
+def test_operator_selector__match_labels_added_sorted__own_release_can_be_turned_off() -> None:
+    sets = ("operator.selector.matchLabels.tier=batch", "operator.selector.matchLabels.a/b=c")
+    (operator,) = render(sets=sets).component("Deployment", "operator")
+    env = literal_env(container_of(operator))
+    assert env["RESONATE_PATTERNS_OPERATOR_SELECTOR"] == (
+        f"a/b=c,app.kubernetes.io/instance={RELEASE},tier=batch"
+    )
+    (operator,) = render(sets=("operator.selector.ownRelease=false",)).component(
+        "Deployment", "operator"
+    )
+    assert "RESONATE_PATTERNS_OPERATOR_SELECTOR" not in env_of(container_of(operator))
+
+
+@pytest.mark.parametrize("values", ["operator-ha", "cluster-wide-operator"])
+def test_peering_name__differs_between_releases_and_namespaces(values: str) -> None:
+    """Operators of two releases never share a peering object (they would pause each other)."""
+    names = set()
+    for release, namespace in (("rp", "team-a"), ("rp", "team-b"), ("other", "team-a")):
+        rendered = render(CI_VALUES[values], release=release, namespace=namespace)
+        (operator,) = rendered.component("Deployment", "operator")
+        peering = load_settings(literal_env(container_of(operator), namespace)).operator_peering
+        kind = "ClusterKopfPeering" if values == "cluster-wide-operator" else "KopfPeering"
+        (peering_object,) = rendered.kind(kind)
+        assert peering_object["metadata"]["name"] == peering
+        # A KopfPeering lives in its release's namespace; a ClusterKopfPeering has none.
+        names.add((peering_object["metadata"].get("namespace"), peering))
+    assert len(names) == 3, names

@@ -155,7 +155,11 @@ class Cluster:
         assert resp.status == 200, await resp.text()
 
     async def create_autoscaler(
-        self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None
+        self,
+        name: str,
+        spec: dict[str, Any],
+        annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         full = {
             "minReplicas": 1,
@@ -172,7 +176,12 @@ class Cluster:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "WorkerAutoscaler",
-            "metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "annotations": annotations or {},
+                "labels": labels or {},
+            },
             "spec": full,
         }
         resp = await self.emulator.post(
@@ -254,11 +263,13 @@ def operator_main(
     *,
     stop: asyncio.Event | threading.Event,
     ready: asyncio.Event | threading.Event,
+    selector: dict[str, str] | None = None,
 ) -> Coroutine[Any, Any, None]:
     """The operator's own handlers as kopf runs them, logged in to the emulator."""
     server = str(cluster.emulator.url)
     registry = build_registry(
         peering=peering,
+        selector=None if selector is None else selector.items(),
         login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
         tweak=fast,
     )
@@ -276,7 +287,12 @@ def operator_main(
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    cluster: Cluster, *, peering: str | None = None, priority: int = 0, token: str | None = None
+    cluster: Cluster,
+    *,
+    peering: str | None = None,
+    priority: int = 0,
+    token: str | None = None,
+    selector: dict[str, str] | None = None,
 ) -> AsyncIterator[OperatorContext]:
     """The operator's handlers running in this loop against the emulator.
 
@@ -289,7 +305,9 @@ async def running_operator(
     )
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
-        operator_main(cluster, context, peering, priority, stop=stop, ready=ready)
+        operator_main(
+            cluster, context, peering, priority, stop=stop, ready=ready, selector=selector
+        )
     )
     await asyncio.wait_for(ready.wait(), 10)
     try:
@@ -572,13 +590,21 @@ async def test_old_finalizer__left_by_an_earlier_operator__removed(
 
 
 def _operator_in_thread(
-    cluster: Cluster, context: OperatorContext, peering: str, priority: int
+    cluster: Cluster,
+    context: OperatorContext,
+    peering: str | None,
+    priority: int,
+    selector: dict[str, str] | None = None,
 ) -> tuple[threading.Thread, threading.Event, threading.Event]:
     """A second operator replica, in its own thread and event loop (as another pod would)."""
     stop, ready = threading.Event(), threading.Event()
 
     def main() -> None:
-        asyncio.run(operator_main(cluster, context, peering, priority, stop=stop, ready=ready))
+        asyncio.run(
+            operator_main(
+                cluster, context, peering, priority, stop=stop, ready=ready, selector=selector
+            )
+        )
 
     thread = threading.Thread(target=main, name=f"operator-{priority}", daemon=True)
     thread.start()
@@ -638,6 +664,66 @@ async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
     finally:
         stop_standby.set()
         await asyncio.to_thread(thread.join, 15)
+
+
+#: The label the chart sets on every object of a release, and passes to its operator as
+#: RESONATE_PATTERNS_OPERATOR_SELECTOR.
+INSTANCE = "app.kubernetes.io/instance"
+
+
+async def test_two_releases_in_one_namespace__each_operator_acts_only_on_its_own(
+    cluster: Cluster, resonate: Resonate
+) -> None:
+    """Two namespaced operators (releases a and b) in one namespace, each with its selector."""
+    for release, group in (("a", "alpha"), ("b", "beta")):
+        name = f"{release}-worker-{group}"
+        await cluster.create_deployment(name, 1)
+        spec = {"scaleTargetRef": {"name": name}, "resonateUrl": resonate.url, "group": group}
+        await cluster.create_autoscaler(name, spec, labels={INSTANCE: release})
+    # A WorkerAutoscaler of neither release (say, of a release without an operator).
+    await cluster.create_deployment("stray", 1)
+    stray = {"scaleTargetRef": {"name": "stray"}, "resonateUrl": resonate.url, "group": "gamma"}
+    await cluster.create_autoscaler("stray", stray, labels={INSTANCE: "c"})
+    await resonate.submit("alpha", [f"a-{i}" for i in range(6)])
+    await resonate.submit("beta", [f"b-{i}" for i in range(10)])
+    await resonate.submit("gamma", [f"c-{i}" for i in range(8)])
+    b_context = OperatorContext(
+        api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
+    )
+
+    def current(ctx: OperatorContext, autoscaler: str, group: str) -> float | None:
+        return ctx.metrics.registry.get_sample_value(
+            "resonate_patterns_autoscaler_current_replicas",
+            {"namespace": NS, "autoscaler": autoscaler, "group": group},
+        )
+
+    async with running_operator(cluster, selector={INSTANCE: "a"}) as a_context:
+        thread, stop_b, b_ready = _operator_in_thread(
+            cluster, b_context, None, 0, selector={INSTANCE: "b"}
+        )
+        try:
+            await until(b_ready.is_set, what="operator b ready")
+            await until(lambda: cluster.replicas("a-worker-alpha") == 3, what="a scales alpha")
+            await until(lambda: cluster.replicas("b-worker-beta") == 5, what="b scales beta")
+            await until(lambda: current(a_context, "a-worker-alpha", "alpha") == 3, what="a")
+            await until(lambda: current(b_context, "b-worker-beta", "beta") == 5, what="b")
+            await asyncio.sleep(5 * POLL)
+            # Each operator reads, scales and reports its own release's autoscaler only
+            # (checked while they run: a stopping operator forgets its series).
+            assert current(a_context, "b-worker-beta", "beta") is None
+            assert current(b_context, "a-worker-alpha", "alpha") is None
+            for ctx in (a_context, b_context):
+                assert current(ctx, "stray", "gamma") is None
+        finally:
+            stop_b.set()
+            await asyncio.to_thread(thread.join, 15)
+    assert not thread.is_alive()
+    assert cluster.replicas("stray") == 1
+    assert cluster.status("stray") == {}
+    assert "observedPending" in cluster.status("a-worker-alpha")
+    assert "observedPending" in cluster.status("b-worker-beta")
+    scaled = {e["involvedObject"]["name"] for e in cluster.events("ScaledUp")}
+    assert scaled == {"a-worker-alpha", "b-worker-beta"}
 
 
 @pytest.fixture

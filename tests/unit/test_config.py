@@ -70,3 +70,21 @@ def test_env_names__unique_and_prefixed() -> None:
     assert len(names) == len(set(names))
     for name in names:
         assert name.startswith("RESONATE_")
+
+
+def test_operator_selector__label_pairs_in_order__unset_means_every_autoscaler() -> None:
+    env = {"RESONATE_PATTERNS_OPERATOR_SELECTOR": " app.kubernetes.io/instance=rp , tier= "}
+    assert load_settings(env).operator_selector == (
+        ("app.kubernetes.io/instance", "rp"),
+        ("tier", ""),
+    )
+    assert load_settings({}).operator_selector is None
+
+
+@pytest.mark.parametrize(
+    "raw", ["instance", "a=b,a=c", "a==b", "a!=b", "a=b,", "-a=b", "a=b c", "x/y/z=1", "a=-b"]
+)
+def test_operator_selector__not_equality_label_pairs__error_names_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"RESONATE_PATTERNS_OPERATOR_SELECTOR": raw})
+    assert "RESONATE_PATTERNS_OPERATOR_SELECTOR" in str(caught.value)

@@ -319,7 +319,56 @@ The value of RESONATE_PATTERNS_OPERATOR_PEERING: the peering object's name,
 or "standalone" when peering is off.
 */}}
 {{- define "resonate-patterns.operator.peeringName" -}}
-{{- if include "resonate-patterns.operator.peering" . }}{{ .Values.operator.peering.name }}{{ else }}standalone{{ end }}
+{{- if include "resonate-patterns.operator.peering" . }}{{ include "resonate-patterns.operator.peeringObjectName" . }}{{ else }}standalone{{ end }}
+{{- end }}
+
+{{/*
+Name of the operator's cluster-scoped objects (ClusterRole, ClusterRoleBinding,
+ClusterKopfPeering): "<namespace>-<operator fullname>", so that releases of the
+same name in two namespaces do not take each other's. Cluster-scoped names may
+be 253 characters long; no trimming needed.
+*/}}
+{{- define "resonate-patterns.operator.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "resonate-patterns.operator.fullname" .) }}
+{{- end }}
+
+{{/*
+Name of the kopf peering object: operator.peering.name, or derived from the
+release -- the operator's fullname for a KopfPeering (namespaced), the
+namespace-qualified clusterName for a ClusterKopfPeering -- so that the
+operators of two releases never peer with (and pause) each other.
+*/}}
+{{- define "resonate-patterns.operator.peeringObjectName" -}}
+{{- if .Values.operator.peering.name }}
+{{- .Values.operator.peering.name }}
+{{- else if .Values.operator.clusterWide }}
+{{- include "resonate-patterns.operator.clusterName" . }}
+{{- else }}
+{{- include "resonate-patterns.operator.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The value of RESONATE_PATTERNS_OPERATOR_SELECTOR: "key=value,..." (sorted by
+key) of the labels a WorkerAutoscaler must carry for this release's operator to
+act on it -- app.kubernetes.io/instance=<release> (operator.selector.ownRelease;
+every WorkerAutoscaler of the chart carries it) and operator.selector.matchLabels.
+Empty: the operator acts on every WorkerAutoscaler it watches.
+*/}}
+{{- define "resonate-patterns.operator.selector" -}}
+{{- $s := .Values.operator.selector }}
+{{- $labels := dict }}
+{{- if $s.ownRelease }}
+{{- $_ := set $labels "app.kubernetes.io/instance" .Release.Name }}
+{{- end }}
+{{- range $key, $value := $s.matchLabels }}
+{{- $_ := set $labels $key (toString $value) }}
+{{- end }}
+{{- $terms := list }}
+{{- range $key := keys $labels | sortAlpha }}
+{{- $terms = append $terms (printf "%s=%s" $key (get $labels $key)) }}
+{{- end }}
+{{- join "," $terms }}
 {{- end }}
 
 {{/*
@@ -570,7 +619,7 @@ names are rejected by server-side apply, or the last one silently wins).
 RESONATE_URL RESONATE_GROUP RESONATE_TOKEN RESONATE_PATTERNS_FACTORIAL_TARGET RESONATE_PATTERNS_ENRICH_TARGET RESONATE_PATTERNS_TASK_TTL_SECONDS RESONATE_PATTERNS_MAX_CONCURRENT_TASKS RESONATE_PATTERNS_DRAIN_SECONDS RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
 {{- end }}
 {{- define "resonate-patterns.operator.envNames" -}}
-RESONATE_PATTERNS_WATCH_NAMESPACE RESONATE_PATTERNS_OPERATOR_PEERING RESONATE_TOKEN RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
+RESONATE_PATTERNS_WATCH_NAMESPACE RESONATE_PATTERNS_OPERATOR_PEERING RESONATE_PATTERNS_OPERATOR_SELECTOR RESONATE_TOKEN RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
 {{- end }}
 {{- define "resonate-patterns.tests.envNames" -}}
 RESONATE_URL RESONATE_GROUP RESONATE_TOKEN RESONATE_PATTERNS_LOG_FORMAT
@@ -617,6 +666,26 @@ extraEnv repeats a variable the chart sets on that container.
 {{- if .Values.tests.enabled }}
 {{- include "resonate-patterns.checkExtraEnv" (dict "where" "tests.extraEnv" "env" .Values.tests.extraEnv "reserved" (splitList " " (include "resonate-patterns.tests.envNames" .))) }}
 {{- end }}
+{{- end }}
+
+{{/*
+Service (ServiceMonitor targetLabels) or pod (PodMonitor podTargetLabels)
+labels every scrape target of the chart carries into Prometheus, as
+app_kubernetes_io_instance and app_kubernetes_io_component. One YAML list item
+a line.
+*/}}
+{{- define "resonate-patterns.monitoring.targetLabels" -}}
+- app.kubernetes.io/instance
+- app.kubernetes.io/component
+{{- end }}
+
+{{/*
+The PromQL matchers that scope a rule to this release: its namespace and its
+instance label (a target label of the chart's scrape objects). Replaces the
+__scope__="" marker of rules/alerts.yaml.
+*/}}
+{{- define "resonate-patterns.monitoring.ruleScope" -}}
+{{- printf "namespace=%q,app_kubernetes_io_instance=%q" .Release.Namespace .Release.Name }}
 {{- end }}
 
 {{/*
