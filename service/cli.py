@@ -29,6 +29,7 @@ from service.config import Settings, load_settings, settings_table, specs
 from service.errors import ConfigError, InputError, ResonatePatternsError, UsageError
 from service.inspect import shorten
 from service.patterns.registry import PATTERNS, pattern
+from service.signals import stop_on_signals
 from service.telemetry.logging import setup_logging
 
 if TYPE_CHECKING:
@@ -663,7 +664,6 @@ def _autoscale_spec(ns: argparse.Namespace) -> PolicySpec | None:
 
 
 def _server(settings: Settings, ns: argparse.Namespace) -> int:
-    import signal
     from pathlib import Path
 
     from service.devserver.auth import Verifier, auth_options
@@ -694,11 +694,7 @@ def _server(settings: Settings, ns: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(options, ns.host, ns.port, stop)
+        await serve(options, ns.host, ns.port, stop_on_signals())
 
     try:
         _run(run())

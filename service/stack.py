@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING
 import aiohttp
 
 from service.errors import StackRefusedError, StackStartError
+from service.signals import stop_on_signals
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
@@ -496,11 +497,7 @@ async def _run_claimed(
 ) -> int:
     """``run_stack`` once :func:`claim_stack` holds the data directory."""
     stack = Stack(plan, out=out, server_args=server_args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stack.start()
     except BaseException:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from service.operator.backlog import (
     SharedScan,
     Snapshot,
 )
+from service.signals import stop_on_signals
 from service.telemetry.http import add_health_routes, serve_http
 from service.telemetry.logging import get_logger
 from service.telemetry.metrics import BacklogMetrics
@@ -139,11 +139,7 @@ async def run_backlog_api(settings: Settings, *, stop: asyncio.Event | None = No
         msg = "backlog-api needs RESONATE_URL: the Resonate server whose backlog it serves"
         raise UsageError(msg)
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     metrics = BacklogMetrics()
     ProcessCollector(registry=metrics.registry)
     reader = BacklogReader(settings.resonate_url, token=settings.token)

@@ -16,9 +16,7 @@ several releases' operators share a namespace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +29,7 @@ from service.errors import UsageError
 from service.operator.handlers import build_registry, make_memo
 from service.operator.kube import load_api_config
 from service.operator.loop import OperatorContext
+from service.signals import stop_on_signals
 from service.telemetry.http import health_app, serve_http
 from service.telemetry.logging import get_logger
 from service.telemetry.metrics import OperatorMetrics
@@ -97,11 +96,7 @@ async def run_operator(
     ProcessCollector(registry=metrics.registry)
     ready = asyncio.Event()
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     api_config = await _api_config_or_usage_error()
     runner, port = await serve_http(
         health_app(metrics.registry, ready.is_set), settings.http_host, settings.http_port
