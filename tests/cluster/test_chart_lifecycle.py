@@ -800,6 +800,18 @@ def test_operator_ha__two_replicas_with_peering__one_acts_then_the_other_takes_o
 # --- autoscaling.engine keda: KEDA's CRDs, ScaledObjects, one engine per Deployment -------------
 
 
+def apply_keda_crds(cp: ControlPlane) -> None:
+    """Apply KEDA's CRDs and wait until the ScaledObject one is Established."""
+    cp.kubectl("apply", "--server-side", "-f", str(KEDA_CRDS))
+
+    def established() -> bool | None:
+        crd = cp.get("crd", "scaledobjects.keda.sh")
+        conditions = crd.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions) or None
+
+    eventually(established, "KEDA's ScaledObject CRD Established")
+
+
 def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engine_per_deployment(
     release: Release,
 ) -> None:
@@ -815,10 +827,7 @@ def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engin
             "group workers uses autoscaling.engine keda, but KEDA is not installed "
             "(no scaledobjects.keda.sh CRD)" in refused.stderr
         ), refused.stderr
-    rel.cp.kubectl("apply", "--server-side", "-f", str(KEDA_CRDS))
-    rel.cp.kubectl(
-        "wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", f"--timeout={WITHIN:g}s"
-    )
+    apply_keda_crds(rel.cp)
 
     rel.install("-f", values, "--wait", f"--timeout={WITHIN:g}s")
 
@@ -855,3 +864,22 @@ def test_keda_values__refused_without_keda__installed_with_kedas_crds__one_engin
     rel.upgrade("-f", values, "--set", "logLevel=debug", "--wait", f"--timeout={WITHIN:g}s")
     rel.helm("uninstall", rel.name, "--wait", f"--timeout={WITHIN:g}s")
     assert rel.get("scaledobjects.keda.sh")["items"] == []
+
+
+def test_network_policy_values__every_policy_accepted_by_the_api_server(release: Release) -> None:
+    """The NetworkPolicy set installs (kwok has no CNI: accepted, not enforced)."""
+    rel = release
+    rel.data_volume()
+    require_file(KEDA_CRDS / "keda.sh_scaledobjects.yaml", KEDA_CRDS_INSTALL)
+    apply_keda_crds(rel.cp)  # group batch scales with KEDA
+
+    rel.install("-f", str(CI / "network-policy-values.yaml"), "--wait", f"--timeout={WITHIN:g}s")
+
+    live = rel.get("networkpolicies")["items"]
+    assert sorted(p["metadata"]["name"] for p in live) == sorted(
+        rel.fullname(c) for c in ("server", "worker", "operator", "backlog-api")
+    )
+    server = next(p for p in live if p["metadata"]["name"] == rel.fullname("server"))
+    assert [r["ports"][0]["port"] for r in server["spec"]["ingress"]] == ["http", "http-metrics"]
+    rel.helm("uninstall", rel.name, "--wait", f"--timeout={WITHIN:g}s")
+    assert rel.get("networkpolicies")["items"] == []
