@@ -40,7 +40,6 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -56,6 +55,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tests.cluster.procs import die_with_parent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -155,13 +156,6 @@ class _Pod:
 def release_selector(release: str) -> str:
     """Label selector of every pod of ``release`` (the chart's selector labels)."""
     return f"app.kubernetes.io/instance={release}"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the thread that started it ends."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:
@@ -381,7 +375,7 @@ def kubectl_watch(
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=host_env(),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     try:
         yield proc
@@ -653,7 +647,7 @@ class Bridge:
                 time.sleep(0.5)
 
     def _supervise(self) -> None:
-        """The one thread that starts, signals and reaps processes (see _die_with_parent)."""
+        """The one thread that starts, signals and reaps processes (see die_with_parent)."""
         try:
             while not self._stopping.is_set():
                 try:
@@ -749,7 +743,7 @@ class Bridge:
                     env=env,
                     cwd=self.logs,
                     start_new_session=True,  # a Ctrl-C of the test run is not a pod deletion
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
         except Exception as exc:  # as a kubelet: report, back off, try again
             with self._lock:

@@ -24,14 +24,11 @@ Teardown stops the processes newest first (SIGTERM, SIGKILL after
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import functools
 import ipaddress
 import json
 import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -50,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.cluster.bridge import Bridge
+from tests.cluster.procs import die_with_parent, free_port
 from tests.conftest import ROOT, require_tool
 
 if TYPE_CHECKING:
@@ -291,20 +289,6 @@ def _write_kubeconfig(
 # --- processes ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL it if pytest dies, so that nothing is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 @dataclass
 class _Process:
     """One started component and its log file."""
@@ -339,7 +323,7 @@ class _Supervisor:
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 env={**os.environ, **(env or {})},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         process = _Process(name, log, proc)
         self.started.append(process)
@@ -445,7 +429,7 @@ class _Pki:
 
 def _start_etcd(sup: _Supervisor, root: Path) -> str:
     """Start etcd; its client URL once it is healthy."""
-    url, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    url, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     etcd = sup.start(
         "etcd",
         [
@@ -469,7 +453,7 @@ def _start_etcd(sup: _Supervisor, root: Path) -> str:
 
 def _start_apiserver(sup: _Supervisor, root: Path, pki: _Pki, etcd: str) -> tuple[str, str]:
     """Start kube-apiserver; (its URL, its version) once /readyz answers."""
-    server = f"https://127.0.0.1:{_free_port()}"
+    server = f"https://127.0.0.1:{free_port()}"
     apiserver = sup.start(
         "kube-apiserver",
         [
@@ -507,7 +491,7 @@ def _start_controllers(
     kcm_config = pki.kubeconfig(
         root / "controller-manager.kubeconfig", server, "system:kube-controller-manager", ()
     )
-    kcm_port = _free_port()
+    kcm_port = free_port()
     controller_manager = sup.start(
         "kube-controller-manager",
         [
@@ -531,7 +515,7 @@ def _start_controllers(
     scheduler_config = pki.kubeconfig(
         root / "scheduler.kubeconfig", server, "system:kube-scheduler", ()
     )
-    scheduler_port = _free_port()
+    scheduler_port = free_port()
     scheduler = sup.start(
         "kube-scheduler",
         [
@@ -683,8 +667,8 @@ class LocalServer:
         ``--retry-ms 1000`` re-sends unacquired work as the chart configures the
         official server to (``server.tasks.retryTimeoutMs``).
         """
-        port = _free_port()
-        log = directory / "local-server.log"
+        port = free_port()
+        log = directory / f"local-server-{port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
         argv = [sys.executable, "-m", "service", "server", "--host", "127.0.0.1",
                 "--port", str(port), "--data", ":memory:", "--retry-ms", "1000"]  # fmt: skip
@@ -695,7 +679,7 @@ class LocalServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**env, "RESONATE_PATTERNS_LOG_FORMAT": "json"},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         server = cls(f"http://127.0.0.1:{port}", log, proc)
         deadline = time.monotonic() + SERVER_READY_WITHIN

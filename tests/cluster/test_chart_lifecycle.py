@@ -31,11 +31,9 @@ three-way merge), whose merges differ exactly where these cases break.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -52,7 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from resonate_base import PROTOCOL_VERSION
 
 from tests.chart.test_keda import KEDA_CRDS, KEDA_CRDS_INSTALL
-from tests.cluster.conftest import ControlPlane, eventually
+from tests.cluster.conftest import ControlPlane, LocalServer, eventually
+from tests.cluster.procs import die_with_parent
 from tests.conftest import ROOT, require_file, require_tool
 
 if TYPE_CHECKING:
@@ -72,19 +71,6 @@ FINALIZER = "resonate-patterns.io/autoscaler"
 WITHIN = 90.0
 #: An address nothing listens on, for releases whose server is never called.
 NOWHERE = "http://127.0.0.1:9"
-
-
-def _die_with_parent() -> None:
-    """In a child, before exec: SIGKILL it if pytest dies, so that nothing is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -113,7 +99,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=ROOT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         return cls(name, log, proc)
 
@@ -154,6 +140,7 @@ class Release:
     name: str = "rp"
     volumes: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
+    servers: list[LocalServer] = field(default_factory=list)
 
     def fullname(self, suffix: str) -> str:
         """The chart's name of one of its objects, e.g. ``fullname("operator")``."""
@@ -215,21 +202,9 @@ class Release:
 
     def server(self) -> str:
         """Start a local ``resonate-patterns server``; its URL once /readyz answers."""
-        port = _free_port()
-        argv = [sys.executable, "-m", "service", "server", "--host", "127.0.0.1",
-                "--port", str(port), "--data", ":memory:"]  # fmt: skip
-        proc = Process.start("server", argv, self.tmp / f"server-{port}.log", _clean_env())
-        self.processes.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool | None:
-            assert proc.proc.poll() is None, f"the server exited:\n{proc.text()}"
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2):
-                return True
-            return None
-
-        eventually(ready, "the local server ready", within=30)
-        return url
+        server = LocalServer.start(self.tmp)
+        self.servers.append(server)
+        return server.url
 
     def operator(self, index: int = 0) -> Process:
         """``resonate-patterns operator`` as the chart's operator pod would run it.
@@ -301,6 +276,8 @@ def release(
             proc.proc.send_signal(signal.SIGTERM)
     for proc in rel.processes:
         proc.stop()
+    for server in rel.servers:
+        server.stop()
     if rel.helm("status", rel.name, check=False).returncode == 0:
         # Bounded: a test that failed may have left objects that never go.
         with contextlib.suppress(subprocess.TimeoutExpired):
