@@ -22,6 +22,7 @@ import kopf
 
 from service.operator.kube import GROUP, PLURAL, VERSION
 from service.operator.loop import OperatorContext, run_autoscaler
+from service.operator.peering import Peering, PeeringUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
 FINALIZER = "resonate-patterns.io/autoscaler"
 
 
-def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
+#: Seconds between attempts to create the peering object while it cannot be (CRD not served).
+PEERING_RETRY_SECONDS = 2.0
+
+
+def configure(settings: kopf.OperatorSettings, *, peering: Peering | None) -> None:
     """Operator-wide kopf settings."""
     settings.posting.level = logging.INFO  # scale events (kopf.info) reach Kubernetes
     settings.persistence.finalizer = FINALIZER
@@ -49,13 +54,13 @@ def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
     if peering is None:
         settings.peering.standalone = True
     else:
-        settings.peering.name = peering
+        settings.peering.name = peering.name
         settings.peering.mandatory = True
 
 
 def build_registry(
     *,
-    peering: str | None,
+    peering: Peering | None,
     selector: Iterable[tuple[str, str]] | None = None,
     login: Callable[..., kopf.ConnectionInfo | None] | None = None,
     tweak: Callable[[kopf.OperatorSettings], None] | None = None,
@@ -83,6 +88,16 @@ def build_registry(
         configure(settings, peering=peering)
         if tweak is not None:
             tweak(settings)
+
+    if peering is not None:
+
+        @kopf.on.startup(registry=registry, retries=None, backoff=PEERING_RETRY_SECONDS)
+        async def peering_object(memo: kopf.Memo, logger: Any, **_: Any) -> None:
+            """Create the peering object before kopf reads the CRDs and starts acting."""
+            try:
+                await memo.context.start_peering(peering)
+            except PeeringUnavailableError as exc:
+                raise kopf.TemporaryError(str(exc), delay=PEERING_RETRY_SECONDS) from None
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

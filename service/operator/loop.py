@@ -33,6 +33,7 @@ from kubernetes_asyncio import client as k8s
 from service.operator.autoscaler import Identity, autoscale_step
 from service.operator.backlog import BacklogReader, SharedScan
 from service.operator.kube import DeploymentScale, TargetMissingError, patch_status
+from service.operator.peering import Peering, keep_peering
 from service.operator.policy import PolicySpec, PolicyState
 from service.operator.status import (
     error_status,
@@ -64,6 +65,8 @@ class OperatorContext:
     api: k8s.ApiClient | None = None
     #: Set when the WorkerAutoscaler with this uid is deleted; one per running loop.
     gone: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Recreates the peering object if it goes away (peering on only).
+    peering_keeper: asyncio.Task[None] | None = None
 
     def client(self) -> k8s.ApiClient:
         if self.api is None:
@@ -79,6 +82,14 @@ class OperatorContext:
             self.readers[url] = SharedScan(BacklogReader(url, token=self.token), age)
         return self.readers[url]
 
+    async def start_peering(self, peering: Peering) -> list[str]:
+        """Create the peering object now (raises if it cannot be), then keep it."""
+        async with k8s.ApiClient(self.api_config) as api:
+            created = await peering.ensure(k8s.CustomObjectsApi(api))
+        if self.peering_keeper is None:
+            self.peering_keeper = asyncio.create_task(keep_peering(peering, self.api_config))
+        return created
+
     def deleted(self, uid: str) -> None:
         """The WorkerAutoscaler ``uid`` is gone: its loop stops before its next step."""
         event = self.gone.get(uid)
@@ -86,6 +97,10 @@ class OperatorContext:
             event.set()
 
     async def close(self) -> None:
+        if self.peering_keeper is not None:
+            self.peering_keeper.cancel()
+            await asyncio.gather(self.peering_keeper, return_exceptions=True)
+            self.peering_keeper = None
         for reader in self.readers.values():
             await reader.close()
         self.readers.clear()

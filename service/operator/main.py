@@ -29,6 +29,7 @@ from service.errors import UsageError
 from service.operator.handlers import build_registry, make_memo
 from service.operator.kube import load_api_config
 from service.operator.loop import OperatorContext
+from service.operator.peering import Peering
 from service.signals import stop_on_signals
 from service.telemetry.http import health_app, serve_http
 from service.telemetry.logging import get_logger
@@ -102,7 +103,12 @@ async def run_operator(
         health_app(metrics.registry, ready.is_set), settings.http_host, settings.http_port
     )
     clusterwide, namespaces = watch_scope(settings, namespace, all_namespaces)
-    peering = None if settings.operator_peering == "standalone" else settings.operator_peering
+    name = settings.operator_peering
+    peering = (
+        None
+        if name is None or name == "standalone"
+        else Peering(name, () if clusterwide else tuple(namespaces))
+    )
     priority = 0 if peering is None else random.SystemRandom().randint(1, PRIORITIES)
     log = get_logger("service.operator")
     structlog.contextvars.bind_contextvars(component="operator")
@@ -111,7 +117,7 @@ async def run_operator(
         version=__version__,
         clusterwide=clusterwide,
         namespaces=namespaces,
-        peering=peering or "standalone",
+        peering=peering.name if peering else "standalone",
         priority=priority,
         selector=dict(settings.operator_selector or ()),
         http_port=port,
@@ -128,7 +134,7 @@ async def run_operator(
             clusterwide=clusterwide,
             namespaces=namespaces,
             standalone=peering is None,
-            peering_name=peering,
+            peering_name=peering.name if peering else None,
             priority=priority,
             memo=make_memo(context),
             stop_flag=stop,

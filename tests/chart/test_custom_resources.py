@@ -14,18 +14,20 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.chart.conftest import CHART, CI_VALUES, NAMESPACE, Rendered, load_yaml, render
+from tests.chart.conftest import CHART, CI_VALUES, Rendered, load_yaml, render
 
 CRDS = CHART / "crds"
+#: kopf's peering CRDs: rendered by a template, only when the operator uses peering.
+KOPF_CRDS = CHART / "files" / "kopf"
 
 
 @cache
 def crd(name: str) -> dict[str, Any]:
-    for path in sorted(CRDS.glob("*.yaml")):
+    for path in sorted([*CRDS.glob("*.yaml"), *KOPF_CRDS.glob("*.yaml")]):
         doc = load_yaml(path)
         if doc["metadata"]["name"] == name:
             return dict(doc)
-    raise AssertionError(f"no CRD {name} in {CRDS}")
+    raise AssertionError(f"no CRD {name} in {CRDS} or {KOPF_CRDS}")
 
 
 def crd_schema(name: str) -> dict[str, Any]:
@@ -40,15 +42,50 @@ def validate(obj: dict[str, Any], crd_name: str) -> None:
     assert not errors, [f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors]
 
 
-def test_crds__every_file_is_a_crd_the_release_renders_with_include_crds() -> None:
+def test_crds__only_the_workerautoscaler_one_in_crds__rendered_with_include_crds() -> None:
     names = {load_yaml(p)["metadata"]["name"] for p in CRDS.glob("*.yaml")}
-    assert names == {
-        "workerautoscalers.resonate-patterns.io",
-        "kopfpeerings.kopf.dev",
-        "clusterkopfpeerings.kopf.dev",
-    }
+    assert names == {"workerautoscalers.resonate-patterns.io"}
     rendered = {d["metadata"]["name"] for d in render().kind("CustomResourceDefinition")}
     assert rendered == names
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ("default", set()),
+        ("autoscaling-off", set()),
+        ("operator-ha", {"kopfpeerings.kopf.dev"}),
+        ("cluster-wide-operator", {"clusterkopfpeerings.kopf.dev"}),
+    ],
+)
+def test_kopf_peering_crds__rendered_only_with_peering__the_one_its_scope_needs(
+    values: str, expected: set[str]
+) -> None:
+    crds = [
+        d
+        for d in render(CI_VALUES[values]).kind("CustomResourceDefinition")
+        if d["spec"]["group"] == "kopf.dev"
+    ]
+    assert {d["metadata"]["name"] for d in crds} == expected
+    for rendered in crds:
+        # Shared by every kopf operator of the cluster: never deleted with one release.
+        assert rendered["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert rendered["spec"] == crd(rendered["metadata"]["name"])["spec"]
+
+
+def test_kopf_peering_crd__common_annotations_kept_but_keep_policy_wins() -> None:
+    (peering_crd,) = [
+        d
+        for d in render(
+            CI_VALUES["operator-ha"],
+            sets=("commonAnnotations.team=a", "commonAnnotations.helm\\.sh/resource-policy=delete"),
+        ).kind("CustomResourceDefinition")
+        if d["spec"]["group"] == "kopf.dev"
+    ]
+    assert peering_crd["metadata"]["annotations"] == {
+        "team": "a",
+        "helm.sh/resource-policy": "keep",
+    }
 
 
 @pytest.mark.parametrize(
@@ -130,32 +167,9 @@ def test_worker_autoscaler__carries_every_policy_field_of_the_values() -> None:
     assert set(spec) <= set(crd_props["properties"])
 
 
-@pytest.mark.parametrize(
-    ("values", "kind", "crd_name", "namespaced"),
-    [
-        ("operator-ha", "KopfPeering", "kopfpeerings.kopf.dev", True),
-        ("cluster-wide-operator", "ClusterKopfPeering", "clusterkopfpeerings.kopf.dev", False),
-    ],
-)
-def test_kopf_peering_object__rendered_with_peering_and_valid(
-    values: str, kind: str, crd_name: str, namespaced: bool
-) -> None:
-    rendered = render(CI_VALUES[values])
-    (peering,) = rendered.kind(kind)
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    validate(peering, crd_name)
-    # Derived from the release (and, cluster-scoped, its namespace): no two releases share it.
-    expected = (
-        "rp-resonate-patterns-operator" if namespaced else "rp-ns-rp-resonate-patterns-operator"
-    )
-    assert peering["metadata"]["name"] == expected
-    assert ("namespace" in peering["metadata"]) is namespaced
-    if namespaced:
-        assert peering["metadata"]["namespace"] == NAMESPACE
-
-
-@pytest.mark.parametrize("values", ["default", "autoscaling-off", "two-groups"])
-def test_kopf_peering_object__absent_when_the_operator_runs_standalone(values: str) -> None:
+@pytest.mark.parametrize("values", ["default", "operator-ha", "cluster-wide-operator"])
+def test_kopf_peering_object__never_rendered__the_operator_creates_it(values: str) -> None:
+    # A custom object beside its CRD in one release fails Helm's first install.
     rendered = render(CI_VALUES[values])
     assert not rendered.kind("KopfPeering")
     assert not rendered.kind("ClusterKopfPeering")

@@ -108,8 +108,8 @@ def test_helm_package__ships_crds_dashboard_and_rules_but_not_ci_values(tmp_path
         names = {n.removeprefix("resonate-patterns/") for n in tar.getnames()}
     assert {
         "crds/workerautoscalers.yaml",
-        "crds/kopfpeerings.yaml",
-        "crds/clusterkopfpeerings.yaml",
+        "files/kopf/kopfpeerings.yaml",
+        "files/kopf/clusterkopfpeerings.yaml",
         "dashboards/resonate-patterns.json",
         "rules/alerts.yaml",
         "values.schema.json",

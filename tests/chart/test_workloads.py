@@ -433,10 +433,12 @@ def test_peering_name__differs_between_releases_and_namespaces(values: str) -> N
     for release, namespace in (("rp", "team-a"), ("rp", "team-b"), ("other", "team-a")):
         rendered = render(CI_VALUES[values], release=release, namespace=namespace)
         (operator,) = rendered.component("Deployment", "operator")
-        peering = load_settings(literal_env(container_of(operator), namespace)).operator_peering
-        kind = "ClusterKopfPeering" if values == "cluster-wide-operator" else "KopfPeering"
-        (peering_object,) = rendered.kind(kind)
-        assert peering_object["metadata"]["name"] == peering
-        # A KopfPeering lives in its release's namespace; a ClusterKopfPeering has none.
-        names.add((peering_object["metadata"].get("namespace"), peering))
-    assert len(names) == 3, names
+        names.add(load_settings(literal_env(container_of(operator), namespace)).operator_peering)
+    assert names == {
+        "rp-resonate-patterns-operator",
+        "other-resonate-patterns-operator",
+    } if values == "operator-ha" else {
+        "team-a-rp-resonate-patterns-operator",
+        "team-b-rp-resonate-patterns-operator",
+        "team-a-other-resonate-patterns-operator",
+    }

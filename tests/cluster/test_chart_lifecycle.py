@@ -588,8 +588,13 @@ def test_upgrade__two_operators_on_postgres_to_one_on_sqlite__strategies_and_sto
     operator, server = rel.fullname("operator"), rel.fullname("server")
     before = rel.get("deployment", operator)["spec"]
     assert (before["replicas"], before["strategy"]["type"]) == (2, "RollingUpdate")
-    # The peering object is named after the release: another release's operators never join it.
-    assert [p["metadata"]["name"] for p in rel.get("kopfpeerings")["items"]] == [operator]
+    # The chart renders no peering object (the operator creates it: see the HA test), only
+    # its CRD, kept on uninstall.
+    assert "KopfPeering" not in {
+        k for k, _ in objects_of(rel.helm("get", "manifest", rel.name).stdout)
+    }
+    peering_crd = rel.cp.get("crd", "kopfpeerings.kopf.dev")
+    assert peering_crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert [
         v["name"] for v in rel.get("deployment", server)["spec"]["template"]["spec"]["volumes"]
     ] == ["tmp"]
@@ -599,7 +604,9 @@ def test_upgrade__two_operators_on_postgres_to_one_on_sqlite__strategies_and_sto
 
     after = rel.get("deployment", operator)["spec"]
     assert (after["replicas"], after["strategy"]) == (1, {"type": "Recreate"})
-    assert rel.get("kopfpeerings")["items"] == []
+    # Standalone: the Role no longer reaches the peering objects.
+    role = rel.get("role", operator)
+    assert not [r for r in role["rules"] if "kopf.dev" in r["apiGroups"]]
     pod = rel.get("deployment", server)["spec"]["template"]["spec"]
     claims = [
         v["persistentVolumeClaim"]["claimName"]
@@ -750,9 +757,14 @@ def test_operator_ha__two_replicas_with_peering__one_acts_then_the_other_takes_o
         "--wait", f"--timeout={WITHIN:g}s",
     )  # fmt: skip
     workers = rel.fullname("worker-workers")
+    assert rel.get("kopfpeerings")["items"] == []
     operators = [rel.operator(0), rel.operator(1)]
     for proc in operators:
         eventually(partial(logged, proc), f"{proc.name} started")
+    # The first replica created the peering object, named after the release (another
+    # release's operators never join it), with its ServiceAccount's token.
+    peerings = eventually(lambda: rel.get("kopfpeerings")["items"] or None, "the KopfPeering")
+    assert [p["metadata"]["name"] for p in peerings] == [rel.fullname("operator")]
     # The replica with the higher (random) priority acts; the other waits, paused.
     leader, standby = sorted(operators, key=lambda o: int(started(o)["priority"]), reverse=True)
     eventually(lambda: True if not paused(leader) else None, "the leader acting")

@@ -30,6 +30,7 @@ from resonate_base import PROTOCOL_VERSION
 
 from service.operator.handlers import FINALIZER, build_registry, make_memo
 from service.operator.loop import OperatorContext
+from service.operator.peering import Peering
 from service.stack import free_port
 from service.telemetry.metrics import OperatorMetrics
 from tests.conftest import wait_until_ok
@@ -268,7 +269,7 @@ def operator_main(
     """The operator's own handlers as kopf runs them, logged in to the emulator."""
     server = str(cluster.emulator.url)
     registry = build_registry(
-        peering=peering,
+        peering=None if peering is None else Peering(peering, (NS,)),
         selector=None if selector is None else selector.items(),
         login=lambda **_: kopf.ConnectionInfo(server=server, insecure=True),
         tweak=fast,
@@ -617,15 +618,6 @@ async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
     cluster.emulator.resources["kopf.dev/v1/kopfpeerings"] = kmock.ResourceInfo(
         kind="KopfPeering", namespaced=True, verbs=ALL_VERBS
     )
-    resp = await cluster.emulator.post(
-        f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings",
-        json={
-            "apiVersion": "kopf.dev/v1",
-            "kind": "KopfPeering",
-            "metadata": {"name": "rp", "namespace": NS},
-        },
-    )
-    assert resp.status == 200, await resp.text()
     await cluster.create_group("shared", 1, resonate.url)
     standby_context = OperatorContext(
         api_config=cluster.config, metrics=OperatorMetrics(), poll_seconds=POLL
@@ -640,6 +632,9 @@ async def test_two_replicas_with_peering__one_acts_then_the_other_takes_over(
         )
 
     async with running_operator(cluster, peering="rp", priority=100) as leader:
+        # No peering object before: the operator created it at startup.
+        peering = await cluster.emulator.get(f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/rp")
+        assert peering.status == 200, await peering.text()
         await until(lambda: cluster.status("shared").get("observedPending") == 0, what="leader")
         thread, stop_standby, standby_ready = _operator_in_thread(
             cluster, standby_context, "rp", priority=10
