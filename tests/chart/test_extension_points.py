@@ -3,7 +3,9 @@
 One values file turns every extension point on for every component (two
 worker groups, one overriding the defaults); the render is validated
 strictly against the Kubernetes API schemas and linted, and each point is
-asserted on the rendered objects. Refusals (an extraEnv entry repeating a
+asserted on the rendered objects. The backlog API, which runs only with the KEDA
+engine, gets its own values over ci/keda-values.yaml, asserted on its exact pod
+spec. Refusals (an extraEnv entry repeating a
 variable the chart sets, a numeric image tag) are checked with helm 4 and
 helm 3 on their exact messages.
 """
@@ -19,7 +21,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, NAMESPACE, RELEASE, Rendered, helm_run, load_yaml, render
+from tests.chart.conftest import (
+    CHART,
+    CI_VALUES,
+    NAMESPACE,
+    RELEASE,
+    Rendered,
+    helm_run,
+    load_yaml,
+    render,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -430,6 +441,19 @@ ENV_REFUSALS: list[tuple[str, str, str]] = [
         "tests:\n  extraEnv:\n    - name: RESONATE_URL\n      value: http://elsewhere\n",
         "tests.extraEnv sets RESONATE_URL, which the chart sets itself",
     ),
+    (
+        "backlog-api-keda",
+        "workerDefaults:\n  autoscaling:\n    engine: keda\nbacklogApi:\n  extraEnv:\n"
+        "    - name: RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS\n      value: '9'\n",
+        "backlogApi.extraEnv sets RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS, which the chart sets "
+        "itself; use the chart's value for it (see values.yaml)",
+    ),
+    (
+        "backlog-api-twice",
+        "backlogApi:\n  enabled: true\n  extraEnv:\n    - name: A\n      value: '1'\n"
+        "    - name: A\n      value: '2'\n",
+        "backlogApi.extraEnv sets A twice",
+    ),
 ]
 
 
@@ -449,7 +473,7 @@ def test_extra_env__off_components_are_not_checked(tmp_path: Path) -> None:
     values = (
         "operator:\n  enabled: false\n  extraEnv:\n    - name: RESONATE_PATTERNS_HTTP_PORT\n"
         "      value: '1'\ntests:\n  enabled: false\n  extraEnv:\n    - name: RESONATE_URL\n"
-        "      value: x\n"
+        "      value: x\nbacklogApi:\n  extraEnv:\n    - name: RESONATE_URL\n      value: x\n"
     )
     code, stderr = _template(values, tmp_path)
     assert code == 0, stderr
@@ -468,6 +492,7 @@ def _everything_on() -> Rendered:
             "workerDefaults.factorialTarget=workers",
             "workerDefaults.enrichTarget=workers",
             "operator.clusterWide=true",
+            "backlogApi.enabled=true",
         ),
     )
 
@@ -479,6 +504,7 @@ def _everything_on() -> Rendered:
         ("operator", "resonate-patterns.operator.envNames"),
         ("test", "resonate-patterns.tests.envNames"),
         ("server", "resonate-patterns.server.envNames"),
+        ("backlog-api", "resonate-patterns.backlogApi.envNames"),
     ],
 )
 def test_extra_env__reserved_names_cover_every_name_the_chart_sets(
@@ -686,3 +712,324 @@ def test_pod_templates__a_chart_bump_changes_no_pod_template(tmp_path: Path) -> 
         assert (
             old["metadata"]["labels"]["helm.sh/chart"] != new["metadata"]["labels"]["helm.sh/chart"]
         )
+
+
+# -- the backlog API (autoscaling.engine keda) ----------------------------------------------------
+
+BACKLOG_API = f"{RELEASE}-resonate-patterns-backlog-api"
+
+#: Every extension point of the backlog API, over ci/keda-values.yaml (which runs it).
+BACKLOG_API_EXTENDED = """
+commonAnnotations:
+  example.com/owner: team-a
+backlogApi:
+  extraEnv:
+    - name: EXTRA_BACKLOG
+      value: "5"
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+  extraEnvFrom:
+    - secretRef:
+        name: backlog-env
+  extraVolumes:
+    - name: ca
+      configMap:
+        name: "{{ .Release.Name }}-ca"
+  extraVolumeMounts:
+    - name: ca
+      mountPath: /etc/ca
+      readOnly: true
+  initContainers:
+    - name: init-backlog
+      image: busybox:1.36
+      command: [sh, -c, "echo {{ .Release.Name }}"]
+  sidecars:
+    - name: backlog-sidecar
+      image: busybox:1.36
+      args: ["{{ .Release.Namespace }}"]
+  startupProbe:
+    failureThreshold: 60
+  livenessProbe:
+    tcpSocket:
+      port: http
+  readinessProbe:
+    periodSeconds: 7
+"""
+
+#: The chart's own part of the backlog API container, as rendered from ci/keda-values.yaml.
+BACKLOG_API_ENV = [
+    {
+        "name": "RESONATE_URL",
+        "value": f"http://{RELEASE}-resonate-patterns-server.{NAMESPACE}.svc:8001",
+    },
+    {"name": "RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS", "value": "2"},
+    {"name": "RESONATE_PATTERNS_HTTP_PORT", "value": "9400"},
+    {"name": "RESONATE_PATTERNS_LOG_LEVEL", "value": "info"},
+    {"name": "RESONATE_PATTERNS_LOG_FORMAT", "value": "json"},
+]
+BACKLOG_API_RESOURCES = {
+    "requests": {"cpu": "20m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _keda_values(path: Path, extra_yaml: str) -> Path:
+    """ci/keda-values.yaml with ``extra_yaml``'s top-level keys added (none may repeat one)."""
+    keda, extra = load_yaml(CI_VALUES["keda"]), yaml.safe_load(extra_yaml)
+    assert not keda.keys() & extra.keys()
+    path.write_text(yaml.safe_dump({**keda, **extra}, sort_keys=False))
+    return path
+
+
+def backlog_api(rendered: Rendered) -> dict[str, Any]:
+    return rendered.get("Deployment", BACKLOG_API)
+
+
+@pytest.fixture(scope="module")
+def backlog_values(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _keda_values(tmp_path_factory.mktemp("values") / "backlog.yaml", BACKLOG_API_EXTENDED)
+
+
+@pytest.fixture(scope="module")
+def backlog_extended(backlog_values: Path) -> Rendered:
+    return render(backlog_values)
+
+
+def test_backlog_api__keda_defaults__exact_pod_spec_without_extensions() -> None:
+    assert pod_spec(backlog_api(render(CI_VALUES["keda"]))) == {
+        "serviceAccountName": f"{RELEASE}-resonate-patterns-worker",
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [
+            {
+                "name": "backlog-api",
+                "image": "resonate-patterns:0.1.0",
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["backlog-api"],
+                "env": BACKLOG_API_ENV,
+                "ports": [{"name": "http", "containerPort": 9400, "protocol": "TCP"}],
+                "startupProbe": {
+                    "httpGet": {"path": "/healthz", "port": "http"},
+                    "periodSeconds": 2,
+                    "failureThreshold": 30,
+                },
+                "livenessProbe": {
+                    "httpGet": {"path": "/healthz", "port": "http"},
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 3,
+                },
+                "readinessProbe": {
+                    "httpGet": {"path": "/readyz", "port": "http"},
+                    "periodSeconds": 5,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 2,
+                },
+                "resources": BACKLOG_API_RESOURCES,
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+
+
+def test_backlog_api__every_extension_point__exact_pod_spec(backlog_extended: Rendered) -> None:
+    assert pod_spec(backlog_api(backlog_extended)) == {
+        "serviceAccountName": f"{RELEASE}-resonate-patterns-worker",
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "initContainers": [
+            {
+                "name": "init-backlog",
+                "image": "busybox:1.36",
+                "command": ["sh", "-c", f"echo {RELEASE}"],
+            }
+        ],
+        "containers": [
+            {
+                "name": "backlog-api",
+                "image": "resonate-patterns:0.1.0",
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["backlog-api"],
+                # The chart's variables first, then extraEnv in its order.
+                "env": [
+                    *BACKLOG_API_ENV,
+                    {"name": "EXTRA_BACKLOG", "value": "5"},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                ],
+                "envFrom": [{"secretRef": {"name": "backlog-env"}}],
+                "ports": [{"name": "http", "containerPort": 9400, "protocol": "TCP"}],
+                "startupProbe": {
+                    "httpGet": {"path": "/healthz", "port": "http"},
+                    "periodSeconds": 2,
+                    "failureThreshold": 60,
+                },
+                # An own handler replaces the chart's httpGet; the timings stay.
+                "livenessProbe": {
+                    "tcpSocket": {"port": "http"},
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 3,
+                },
+                "readinessProbe": {
+                    "httpGet": {"path": "/readyz", "port": "http"},
+                    "periodSeconds": 7,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 2,
+                },
+                "resources": BACKLOG_API_RESOURCES,
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "ca", "mountPath": "/etc/ca", "readOnly": True},
+                ],
+            },
+            {"name": "backlog-sidecar", "image": "busybox:1.36", "args": [NAMESPACE]},
+        ],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "ca", "configMap": {"name": f"{RELEASE}-ca"}},
+        ],
+    }
+
+
+def test_backlog_api__common_annotations_on_its_objects_not_its_pod_template(
+    backlog_extended: Rendered,
+) -> None:
+    deployment_ = backlog_api(backlog_extended)
+    assert deployment_["metadata"]["annotations"] == {"example.com/owner": "team-a"}
+    service = backlog_extended.get("Service", BACKLOG_API)
+    assert service["metadata"]["annotations"] == {"example.com/owner": "team-a"}
+    assert "annotations" not in deployment_["spec"]["template"]["metadata"]
+
+
+@pytest.mark.parametrize("kube", ["1.29", "1.34"])
+def test_backlog_api__extended_validates_strictly(backlog_extended: Rendered, kube: str) -> None:
+    for doc in (backlog_api(backlog_extended), backlog_extended.get("Service", BACKLOG_API)):
+        try:
+            kubernetes_validate.validate(doc, kube, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}")
+
+
+@pytest.mark.parametrize("binary", ["helm", "helm3"])
+def test_backlog_api__extended_lints_strictly(backlog_values: Path, binary: str) -> None:
+    done = helm_run("lint", "--strict", str(CHART), "-f", str(backlog_values), binary=binary)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "[WARNING]" not in output
+
+
+def test_backlog_api__extended_helm3_and_helm4_render_the_same(backlog_values: Path) -> None:
+    args = ["template", RELEASE, str(CHART), "-f", str(backlog_values), "--namespace", NAMESPACE]
+    v4 = helm_run(*args, "--show-only", "templates/backlog-api/deployment.yaml")
+    v3 = helm_run(*args, "--show-only", "templates/backlog-api/deployment.yaml", binary="helm3")
+    assert v4.returncode == 0, v4.stderr
+    assert v3.returncode == 0, v3.stderr
+    assert yaml.safe_load(v3.stdout) == yaml.safe_load(v4.stdout)
+
+
+def test_backlog_api__registry_digest_and_null_ids(tmp_path: Path) -> None:
+    values = _keda_values(
+        tmp_path / "values.yaml",
+        f"global:\n  imageRegistry: mirror.example.com:5000\nimage:\n  digest: {DIGEST}\n"
+        "podSecurityContext:\n  runAsUser: null\n  runAsGroup: null\n  fsGroup: null\n",
+    )
+    spec = pod_spec(backlog_api(render(values)))
+    assert spec["containers"][0]["image"] == f"mirror.example.com:5000/resonate-patterns@{DIGEST}"
+    # Null ids are left out (OpenShift's restricted SCC assigns them).
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_backlog_api__a_quoted_numeric_tag_keeps_its_digits(tmp_path: Path) -> None:
+    values = _keda_values(tmp_path / "values.yaml", 'image:\n  tag: "0.10"\n')
+    container = main_container(backlog_api(render(values)))
+    assert container["image"] == "resonate-patterns:0.10"
+
+
+#: (case id, backlogApi values YAML, substrings every helm's stderr must contain after
+#: normalising "/a/0/b" paths to "a.0.b" and lower-casing).
+BACKLOG_API_SCHEMA_REFUSALS: list[tuple[str, str, list[str]]] = [
+    ("unknown-key", "backlogApi:\n  sidecar: []\n", ["backlogapi", "sidecar"]),
+    (
+        "env-number",
+        "backlogApi:\n  extraEnv:\n    - name: A\n      value: 1\n",
+        ["backlogapi.extraenv.0.value", "string"],
+    ),
+    (
+        "env-unknown-field",
+        "backlogApi:\n  extraEnv:\n    - name: A\n      valu: x\n",
+        ["backlogapi.extraenv.0", "valu"],
+    ),
+    (
+        "env-from-unknown-field",
+        "backlogApi:\n  extraEnvFrom:\n    - secret: {name: x}\n",
+        ["backlogapi.extraenvfrom.0", "secret"],
+    ),
+    (
+        "mount-without-path",
+        "backlogApi:\n  extraVolumeMounts:\n    - name: ca\n",
+        ["backlogapi.extravolumemounts.0", "mountpath"],
+    ),
+    (
+        "volume-without-name",
+        "backlogApi:\n  extraVolumes:\n    - emptyDir: {}\n",
+        ["backlogapi.extravolumes.0", "name"],
+    ),
+    (
+        "sidecar-without-name",
+        "backlogApi:\n  sidecars:\n    - image: busybox:1.36\n",
+        ["backlogapi.sidecars.0", "name"],
+    ),
+    (
+        "init-container-without-name",
+        "backlogApi:\n  initContainers:\n    - image: busybox:1.36\n",
+        ["backlogapi.initcontainers.0", "name"],
+    ),
+    (
+        "probe-unknown-key",
+        "backlogApi:\n  readinessProbe:\n    periodSecond: 3\n",
+        ["backlogapi.readinessprobe", "periodsecond"],
+    ),
+    (
+        "probe-zero-period",
+        "backlogApi:\n  startupProbe:\n    periodSeconds: 0\n",
+        ["backlogapi.startupprobe.periodseconds"],
+    ),
+]
+
+
+@pytest.mark.parametrize("binary", ["helm", "helm3"])
+@pytest.mark.parametrize(
+    ("values_yaml", "expected"),
+    [pytest.param(v, e, id=i) for i, v, e in BACKLOG_API_SCHEMA_REFUSALS],
+)
+def test_backlog_api__schema_refuses_bad_extension_values(
+    values_yaml: str, expected: list[str], binary: str, tmp_path: Path
+) -> None:
+    values = _keda_values(tmp_path / "values.yaml", values_yaml)
+    done = helm_run("template", RELEASE, str(CHART), "-f", str(values), binary=binary)
+    assert done.returncode != 0
+    text = re.sub(r"'/([^']*)'", lambda m: m.group(1).replace("/", "."), done.stderr).lower()
+    for part in expected:
+        assert part in text, done.stderr
+    assert "values don't meet the specifications of the schema" in done.stderr

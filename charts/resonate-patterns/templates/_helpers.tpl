@@ -751,3 +751,11 @@ are fine: an engine switch replaces them in the same upgrade.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Names of the environment variables the chart sets on the backlog API container
+itself (backlogApi.extraEnv must not repeat them, as for the operator).
+*/}}
+{{- define "resonate-patterns.backlogApi.envNames" -}}
+RESONATE_URL RESONATE_TOKEN RESONATE_PATTERNS_BACKLOG_SCAN_SECONDS RESONATE_PATTERNS_HTTP_PORT RESONATE_PATTERNS_LOG_LEVEL RESONATE_PATTERNS_LOG_FORMAT
+{{- end }}
