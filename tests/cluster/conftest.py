@@ -19,6 +19,12 @@ session's temporary directory, which the terminal shows once the cluster is up
 Teardown stops the processes newest first (SIGTERM, SIGKILL after
 ``STOP_GRACE``); should pytest itself be killed, the kernel kills them
 (``PR_SET_PDEATHSIG``), so nothing outlives the session.
+
+The API server keeps an audit log (``ControlPlane.audit_log``, JSON lines) of
+the writes that tell which identity acted on a release's objects: to
+WorkerAutoscalers and their status, Deployments' ``/scale``, kopf peerings
+(metadata only) and Events (with the request body, which names the object an
+Event is about); the control plane's own components are left out.
 """
 
 from __future__ import annotations
@@ -39,14 +45,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from resonate.codec import Codec, NoopEncryptor
+from resonate.types import TaskData
+from resonate_base import PROTOCOL_VERSION
 
-from tests.cluster.bridge import Bridge
+from service.client import root_tags
+from tests.cluster.bridge import Bridge, release_selector
 from tests.cluster.procs import die_with_parent, free_port
 from tests.conftest import ROOT, require_tool
 
@@ -84,6 +95,40 @@ READY_WITHIN = 90.0
 STOP_GRACE = 10.0
 #: Lines of a component's log quoted when it fails.
 LOG_TAIL = 40
+#: What the API server audits (see the module docstring); anything else is not logged.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "None",
+            "users": ["system:kube-controller-manager", "system:kube-scheduler", "kwok"],
+        },
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {
+            "level": "Request",
+            "verbs": ["create", "update", "patch"],
+            "resources": [
+                {"group": "", "resources": ["events"]},
+                {"group": "events.k8s.io", "resources": ["events"]},
+            ],
+        },
+        {
+            "level": "Metadata",
+            "verbs": ["create", "update", "patch", "delete"],
+            "resources": [
+                {
+                    "group": "resonate-patterns.io",
+                    "resources": ["workerautoscalers", "workerautoscalers/status"],
+                },
+                {"group": "apps", "resources": ["deployments/scale"]},
+                {"group": "kopf.dev", "resources": ["kopfpeerings", "clusterkopfpeerings"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
 
 
 def eventually[T](probe: Callable[[], T | None], what: str, within: float = 90.0) -> T:
@@ -117,6 +162,8 @@ class ControlPlane:
     nodes: tuple[str, ...]
     #: seconds from the first process start to a ready cluster (nodes Ready)
     started_in: float
+    #: the API server's audit log, one JSON event a line (:data:`AUDIT_POLICY`)
+    audit_log: Path
 
     def kubectl(
         self,
@@ -454,6 +501,8 @@ def _start_etcd(sup: _Supervisor, root: Path) -> str:
 def _start_apiserver(sup: _Supervisor, root: Path, pki: _Pki, etcd: str) -> tuple[str, str]:
     """Start kube-apiserver; (its URL, its version) once /readyz answers."""
     server = f"https://127.0.0.1:{free_port()}"
+    audit_policy = root / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     apiserver = sup.start(
         "kube-apiserver",
         [
@@ -472,6 +521,8 @@ def _start_apiserver(sup: _Supervisor, root: Path, pki: _Pki, etcd: str) -> tupl
             f"--service-account-key-file={pki.sa_public}",
             f"--service-account-signing-key-file={pki.sa_private}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={root / 'audit.log'}",
             "--profiling=false",
         ],
     )
@@ -565,6 +616,7 @@ def _start(sup: _Supervisor, root: Path) -> ControlPlane:
         ca_file=pki.ca_file,
         nodes=NODES,
         started_in=0.0,
+        audit_log=root / "audit.log",
     )
     plane.apply(yaml.safe_dump_all([_node(name) for name in NODES]))
 
@@ -708,7 +760,7 @@ class LocalServer:
 
 @dataclass
 class Release:
-    """A Helm release of the chart in its own namespace, its pods run by a :class:`Bridge`."""
+    """A Helm release of the chart, its pods run by a :class:`Bridge`."""
 
     plane: ControlPlane
     name: str
@@ -717,6 +769,8 @@ class Release:
     bridge: Bridge
     #: the values the release was installed with
     values_file: Path
+    #: set by :meth:`uninstall` (the fixture's teardown leaves the release alone then)
+    uninstalled: bool = False
 
     @property
     def fullname(self) -> str:
@@ -753,6 +807,70 @@ class Release:
         )  # fmt: skip
         return int(json.loads(scale.stdout)["spec"].get("replicas") or 0)
 
+    def uninstall(self, *, autoscalers_first: bool = False) -> list[str]:
+        """``helm uninstall --wait``; once its pods are gone, stop the bridge and the local server.
+
+        With ``autoscalers_first`` the release's WorkerAutoscalers are deleted
+        first, while the operator still runs (see the ``install`` fixture).
+        Returns what went wrong, one line each: helm's error, processes the
+        bridge had to SIGKILL at shutdown, bridge errors.
+        """
+        self.uninstalled = True
+        selector = release_selector(self.name)
+        if autoscalers_first:
+            self.kubectl(
+                "delete", "workerautoscalers", "-l", selector, "--timeout=60s", check=False
+            )
+        uninstall = self.helm(
+            "uninstall", self.name, "--wait", f"--timeout={UNINSTALL_WITHIN:g}s", check=False
+        )
+        self.kubectl("wait", "--for=delete", "pods", "-l", selector, "--timeout=60s", check=False)
+        killed = self.bridge.close()
+        self.server.stop()
+        problems: list[str] = []
+        if "uninstalled" not in uninstall:
+            problems.append(f"helm uninstall {self.name}: {uninstall}")
+        if killed:
+            problems.append(f"bridge had to SIGKILL at shutdown: {killed}")
+        if self.bridge.errors:
+            problems.append(f"bridge errors: {self.bridge.errors}")
+        return problems
+
+
+def submit(url: str, group: str, count: int, prefix: str, function: str | None = None) -> None:
+    """``count`` top-level calls for ``group`` on the server at ``url`` (its backlog).
+
+    Promises ``{prefix}-0`` ... tagged as a top-level call routed to the group.
+    With ``function``, promise ``i`` calls that pattern with argument ``i``
+    (``process_one(i)``), as ``resonate-patterns call`` would; without, it
+    names no function: only where no worker of the group runs (one would fail
+    on it and get it again at once, over and over).
+    """
+    codec = Codec(NoopEncryptor())
+    for i in range(count):
+        promise_id = f"{prefix}-{i}"
+        data: dict[str, Any] = {
+            "id": promise_id,
+            "timeoutAt": 1 << 60,
+            "tags": root_tags(promise_id, group),
+        }
+        if function is not None:
+            data["param"] = msgspec.to_builtins(codec.encode(TaskData(func=function, args=(i,))))
+        envelope = {
+            "kind": "promise.create",
+            "head": {"corrId": promise_id, "version": PROTOCOL_VERSION},
+            "data": data,
+        }
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(envelope).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer = json.loads(resp.read())
+        assert answer["head"]["status"] == 200, answer
+
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """``extra`` deep-merged over a copy of ``base``."""
@@ -777,32 +895,35 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
 
 
 @pytest.fixture
-def install(
-    control_plane: ControlPlane, tmp_path: Path
-) -> Iterator[Callable[[dict[str, Any]], Release]]:
+def install(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Callable[..., Release]]:
     """Install the chart (``BASE_VALUES`` plus the given values) as release ``rp``.
 
-    Each release gets its own namespace, a local server standing in for the
-    chart's server pod, and a :class:`~tests.cluster.bridge.Bridge` that runs
-    its worker and operator pods as processes (logs under ``tmp_path/pods``).
-    Teardown: the WorkerAutoscalers are deleted while the operator still runs,
-    then ``helm uninstall --wait`` (the workers drain); once the pods are gone
-    the bridge stops whatever is left and must have had to SIGKILL nothing, and
-    the namespace is deleted.
+    ``install(values, name=..., namespace=...)`` names the release otherwise
+    and puts it in the namespace of an earlier release (several releases in
+    one namespace). Each release gets a namespace of its own unless given one,
+    a local server standing in for the chart's server pod, and a
+    :class:`~tests.cluster.bridge.Bridge` that runs its worker and operator
+    pods as processes (logs under ``tmp_path/pods``). Teardown, for each
+    release a test has not uninstalled (:meth:`Release.uninstall`): its
+    WorkerAutoscalers are deleted while the operator still runs, then ``helm
+    uninstall --wait`` (the workers drain); once its pods are gone the bridge
+    stops whatever is left and must have had to SIGKILL nothing. Then the
+    namespaces are deleted.
     """
     releases: list[Release] = []
 
-    def make(values: dict[str, Any]) -> Release:
-        namespace = f"t-{uuid.uuid4().hex[:8]}"
-        control_plane.kubectl("create", "namespace", namespace)
+    def make(values: dict[str, Any], *, name: str = "rp", namespace: str | None = None) -> Release:
+        if namespace is None:
+            namespace = f"t-{uuid.uuid4().hex[:8]}"
+            control_plane.kubectl("create", "namespace", namespace)
         server = LocalServer.start(tmp_path)
         bridge = Bridge(
-            control_plane, namespace=namespace, release="rp", server=server.url,
+            control_plane, namespace=namespace, release=name, server=server.url,
             logs=tmp_path / "pods",
         ).start()  # fmt: skip
-        values_file = tmp_path / f"values-{namespace}.yaml"
+        values_file = tmp_path / f"values-{namespace}-{name}.yaml"
         values_file.write_text(yaml.safe_dump(_merge(BASE_VALUES, values)))
-        release = Release(control_plane, "rp", namespace, server, bridge, values_file)
+        release = Release(control_plane, name, namespace, server, bridge, values_file)
         releases.append(release)
         release.helm("install", release.name, str(CHART), "-f", str(values_file))
         return release
@@ -810,22 +931,12 @@ def install(
     yield make
     problems: list[str] = []
     for release in releases:
-        # The WorkerAutoscalers go first, while the operator still runs: helm deletes
-        # custom resources after Deployments, so a finalizer the operator put on them
-        # (kopf's default for daemons) would keep them, and the namespace, Terminating.
-        # The lifecycle tests (test_chart_lifecycle.py) check uninstalling alone.
-        release.kubectl("delete", "workerautoscalers", "--all", "--timeout=60s", check=False)
-        uninstall = release.helm(
-            "uninstall", release.name, "--wait", f"--timeout={UNINSTALL_WITHIN:g}s", check=False
-        )
-        release.kubectl("wait", "--for=delete", "pods", "--all", "--timeout=60s", check=False)
-        killed = release.bridge.close()
-        release.server.stop()
-        if "uninstalled" not in uninstall:
-            problems.append(f"helm uninstall {release.name}: {uninstall}")
-        if killed:
-            problems.append(f"bridge had to SIGKILL at shutdown: {killed}")
-        if release.bridge.errors:
-            problems.append(f"bridge errors: {release.bridge.errors}")
-        control_plane.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+        if not release.uninstalled:
+            # The WorkerAutoscalers go first, while the operator still runs: helm deletes
+            # custom resources after Deployments, so a finalizer the operator put on them
+            # (kopf's default for daemons) would keep them, and the namespace, Terminating.
+            # The lifecycle tests (test_chart_lifecycle.py) check uninstalling alone.
+            problems += release.uninstall(autoscalers_first=True)
+    for namespace in dict.fromkeys(r.namespace for r in releases):
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     assert not problems, "\n".join(problems)

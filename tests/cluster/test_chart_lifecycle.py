@@ -47,10 +47,9 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from resonate_base import PROTOCOL_VERSION
 
 from tests.chart.test_keda import KEDA_CRDS, KEDA_CRDS_INSTALL
-from tests.cluster.conftest import ControlPlane, LocalServer, eventually
+from tests.cluster.conftest import ControlPlane, LocalServer, eventually, submit
 from tests.cluster.procs import die_with_parent
 from tests.conftest import ROOT, require_file, require_tool
 
@@ -478,29 +477,6 @@ def test_invalid_workerautoscaler__refused_by_the_api_server_with_the_crd_messag
 
 
 # --- (a) uninstall and namespace deletion after the operator ran --------------------------------
-
-
-def submit(url: str, group: str, count: int, prefix: str) -> None:
-    """``count`` pending tasks for ``group`` on the server (no worker takes them here)."""
-    for i in range(count):
-        envelope = {
-            "kind": "promise.create",
-            "head": {"corrId": f"{prefix}-{i}", "version": PROTOCOL_VERSION},
-            "data": {
-                "id": f"{prefix}-{i}",
-                "timeoutAt": 1 << 60,
-                "tags": {"resonate:target": f"poll://any@{group}"},
-            },
-        }
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(envelope).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            answer = json.loads(resp.read())
-        assert answer["head"]["status"] == 200, answer
 
 
 def test_uninstall__after_the_operator_ran__release_and_namespace_go_away(
