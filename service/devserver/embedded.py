@@ -24,7 +24,7 @@ from service.devserver.store import MEMORY
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from service.devserver.state import Outgoing
+    from service.devserver.model import Outgoing
 
 
 class EmbeddedConnection:
@@ -63,7 +63,7 @@ class EmbeddedConnection:
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         reply = await self.engine.request(msgspec.json.decode(req))
-        return msgspec.json.encode(reply).decode()
+        return msgspec.json.encode(reply.envelope()).decode()
 
     def _deliver(self, outbox: list[Outgoing]) -> None:
         if not self._subscribers or not outbox:

@@ -17,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from service.connector.sdk import now_ms
-from service.devserver.state import Outgoing, ServerState
-from service.devserver.store import MEMORY, Batch, Store
+from service.devserver import rows
+from service.devserver.state import ServerState
+from service.devserver.store import MEMORY, Store
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from service.devserver.dispatch import Gate, Reply
     from service.devserver.metrics import ServerMetrics
-    from service.devserver.state import Gate
+    from service.devserver.model import Outgoing
 
 #: Longest the clock loop sleeps; bounds how late a deadline can fire.
 MAX_TICK_SECONDS = 0.1
@@ -65,7 +67,7 @@ class Engine:
         self._log = get_logger("service.devserver")
         if self.store is not None:
             promises, tasks, schedules = self.store.load()
-            self.state.load(promises, tasks, schedules)
+            rows.load(self.state, promises, tasks, schedules)
             self._log.info(
                 "store_loaded",
                 path=data,
@@ -97,15 +99,13 @@ class Engine:
             self.store.close()
             self.store = None
 
-    async def request(self, envelope: Any) -> dict[str, Any]:
-        """Apply one request; return its reply once the change is durable."""
+    async def request(self, envelope: object) -> Reply:
+        """Apply one decoded request envelope; return its reply once the change is durable."""
         started = time.perf_counter()
-        reply = self.state.handle(self._clock(), envelope, self._gate)
+        reply = self.state.apply(self._clock(), envelope, self._gate)
         await self._settle_effects()
         if self._metrics is not None:
-            self._metrics.observe_request(
-                str(reply["kind"]), int(reply["head"]["status"]), time.perf_counter() - started
-            )
+            self._metrics.observe_request(reply.kind, reply.status, time.perf_counter() - started)
         return reply
 
     async def release_pid(self, pid: str) -> list[str]:
@@ -136,7 +136,7 @@ class Engine:
 
     async def _wait_durable(self, target: int) -> None:
         if self.store is None:
-            self._clear_dirty()
+            self.state.clear_dirty()
             self._durable = self._applied
             return
         if target <= self._durable:
@@ -151,22 +151,6 @@ class Engine:
             loop.call_soon(self._flush)
         await fut
 
-    def _clear_dirty(self) -> None:
-        s = self.state
-        s.dirty_promises.clear()
-        s.dirty_tasks.clear()
-        s.dirty_schedules.clear()
-
-    def _snapshot(self) -> Batch:
-        s = self.state
-        batch: Batch = {
-            "promises": [(i, s.promise_row(i)) for i in s.dirty_promises],
-            "tasks": [(i, s.task_row(i)) for i in s.dirty_tasks],
-            "schedules": [(i, s.schedules.get(i)) for i in s.dirty_schedules],
-        }
-        self._clear_dirty()
-        return batch
-
     def _flush(self) -> None:
         """Commit every change applied so far and release the requests waiting on it.
 
@@ -179,7 +163,7 @@ class Engine:
             return
         upto = self._applied
         try:
-            store.write(self._snapshot())
+            store.write(rows.snapshot(self.state))
         except Exception as exc:
             # Nothing of this batch was acknowledged; fail its requests loudly
             # rather than pretending they are stored.

@@ -34,7 +34,7 @@ import asyncio
 import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from service.devserver.addresses import parse_address
 from service.telemetry.logging import get_logger
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from service.devserver.metrics import ServerMetrics
-    from service.devserver.state import Outgoing
+    from service.devserver.model import Outgoing
+    from service.devserver.protocol import JsonObject
 
 #: Most messages kept for one disconnected process (oldest dropped first).
 MAX_HELD_PER_PID = 1000
@@ -66,7 +67,7 @@ class Connection:
 
     group: str
     pid: str
-    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[JsonObject] = field(default_factory=asyncio.Queue)
     id: int = field(default_factory=lambda: next(_ids))
     #: task id -> version of each ``execute`` written to this stream whose task
     #: may not have been acquired yet (pruned as they are).
@@ -78,7 +79,7 @@ class Connection:
     offered: dict[str, int] = field(default_factory=dict)
     _prune_at: int = WRITTEN_PRUNE_AT
 
-    def wrote(self, message: dict[str, Any], unacquired: Callable[[str, int], bool]) -> None:
+    def wrote(self, message: JsonObject, unacquired: Callable[[str, int], bool]) -> None:
         """Remember that ``message`` went out on this stream, if it is an ``execute``.
 
         ``unacquired(task_id, version)`` tells which remembered messages still
@@ -93,21 +94,24 @@ class Connection:
             self._prune_at = max(WRITTEN_PRUNE_AT, 2 * len(self.written))
 
 
-def _message_kind(message: dict[str, Any]) -> str:
+def _message_kind(message: JsonObject) -> str:
     kind = message.get("kind")
     return kind if isinstance(kind, str) else "unknown"
 
 
-def _task_id(message: dict[str, Any]) -> str | None:
+def _task_id(message: JsonObject) -> str | None:
     ref = execute_ref(message)
     return ref[0] if ref is not None else None
 
 
-def execute_ref(message: dict[str, Any]) -> tuple[str, int] | None:
+def execute_ref(message: JsonObject) -> tuple[str, int] | None:
     """(task id, version) of an ``execute`` message; None for any other message."""
     if message.get("kind") != "execute":
         return None
-    task = message.get("data", {}).get("task", {})
+    data = message.get("data")
+    task = data.get("task") if isinstance(data, dict) else None
+    if not isinstance(task, dict):
+        return None
     tid, version = task.get("id"), task.get("version")
     if not isinstance(tid, str) or isinstance(version, bool) or not isinstance(version, int):
         return None
@@ -131,9 +135,9 @@ class Hub:
         self._groups: dict[str, list[Connection]] = {}
         self._turn: dict[str, int] = {}
         #: group -> held anycast messages (execute keyed by task id, others by a counter).
-        self._held_any: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        self._held_any: dict[str, OrderedDict[str, JsonObject]] = {}
         #: (group, pid) -> held unicast messages.
-        self._held_uni: OrderedDict[tuple[str, str], deque[dict[str, Any]]] = OrderedDict()
+        self._held_uni: OrderedDict[tuple[str, str], deque[JsonObject]] = OrderedDict()
         self._metrics = metrics
         self._log = get_logger("service.devserver.hub")
 
@@ -153,7 +157,7 @@ class Hub:
             c.pid == pid and c.capacity != 0 for conns in self._groups.values() for c in conns
         )
 
-    def _count(self, message: dict[str, Any], outcome: str) -> None:
+    def _count(self, message: JsonObject, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.messages.labels(_message_kind(message), outcome).inc()
 
@@ -207,7 +211,7 @@ class Hub:
             conns.remove(conn)
         if not conns:
             self._groups.pop(conn.group, None)
-        leftover: list[dict[str, Any]] = []
+        leftover: list[JsonObject] = []
         while not conn.queue.empty():
             leftover.append(conn.queue.get_nowait())
         for message in leftover:
@@ -235,7 +239,7 @@ class Hub:
                 assert address.pid is not None
                 self._route_uni(address.group, address.pid, out.message)
 
-    def _put(self, conn: Connection, message: dict[str, Any]) -> None:
+    def _put(self, conn: Connection, message: JsonObject) -> None:
         conn.queue.put_nowait(message)
         if conn.capacity is not None:
             ref = execute_ref(message)
@@ -243,7 +247,7 @@ class Hub:
                 conn.offered[ref[0]] = ref[1]
         self._count(message, "delivered")
 
-    def _pick(self, group: str, pid: str | None, message: dict[str, Any]) -> Connection | None:
+    def _pick(self, group: str, pid: str | None, message: JsonObject) -> Connection | None:
         """The member an anycast message goes to: ``pid``'s stream if named, else round robin.
 
         An ``execute`` skips streams without room (flow control); None when
@@ -266,7 +270,7 @@ class Hub:
                 return conn
         return None
 
-    def _route_any(self, group: str, pid: str | None, message: dict[str, Any]) -> None:
+    def _route_any(self, group: str, pid: str | None, message: JsonObject) -> None:
         conn = self._pick(group, pid, message)
         if conn is None:
             held = self._held_any.setdefault(group, OrderedDict())
@@ -277,14 +281,14 @@ class Hub:
             return
         self._put(conn, message)
 
-    def _route_uni(self, group: str, pid: str, message: dict[str, Any]) -> None:
+    def _route_uni(self, group: str, pid: str, message: JsonObject) -> None:
         for conn in self._groups.get(group, ()):
             if conn.pid == pid:
                 self._put(conn, message)
                 return
         self._hold_uni(group, pid, message)
 
-    def _hold_uni(self, group: str, pid: str, message: dict[str, Any]) -> None:
+    def _hold_uni(self, group: str, pid: str, message: JsonObject) -> None:
         key = (group, pid)
         held = self._held_uni.setdefault(key, deque(maxlen=MAX_HELD_PER_PID))
         self._held_uni.move_to_end(key)

@@ -16,8 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.devserver.addresses import parse_address
-from service.devserver.state import KINDS
-from service.telemetry.metrics import LabelledChildren
+from service.devserver.dispatch import KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -95,7 +94,9 @@ class ServerMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
-        self._child = LabelledChildren()
+        #: (kind, status) -> the children updated per request, resolved once
+        #: (resolving label values costs more than the update itself).
+        self._per_status: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self.messages = Counter(
             MESSAGES_NAME,
             "Push messages by kind and what happened to them.",
@@ -106,8 +107,14 @@ class ServerMetrics:
     def observe_request(self, kind: str, status: int, seconds: float) -> None:
         # Request kinds come from clients: only known ones become label values.
         kind = kind if kind in KINDS else "unknown"
-        self._child(self.requests, kind, str(status)).inc()
-        self._child(self.request_duration, kind).observe(seconds)
+        children = self._per_status.get((kind, status))
+        if children is None:
+            children = self._per_status[(kind, status)] = (
+                self.requests.labels(kind, str(status)),
+                self.request_duration.labels(kind),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_state(
         self, state: Callable[[], ServerState], connections: Callable[[], dict[str, int]]

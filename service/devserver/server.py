@@ -35,24 +35,24 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from aiohttp import web
 
 from service.devserver.auth import UNAUTHORIZED, Verifier
+from service.devserver.dispatch import Reply
 from service.devserver.engine import Engine
 from service.devserver.fastpath import ApiFastPath
 from service.devserver.hub import CAPACITY_HEADER, Hub
 from service.devserver.metrics import ServerMetrics
-from service.devserver.state import reply
 from service.devserver.store import MEMORY
 from service.errors import ConfigError
 from service.telemetry.http import add_health_routes
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from service.devserver.hub import Connection
 
@@ -104,6 +104,8 @@ class ServerOptions:
     retry_ms: int | None = None
     #: JWT verification of every request and stream (None: auth off, all accepted).
     auth: Verifier | None = None
+    #: Answer ``POST /`` on the httptools fast path (False: aiohttp serves everything).
+    fast_path: bool = True
 
 
 class DevServer:
@@ -160,13 +162,15 @@ class DevServer:
         await self._runner.setup()
         fallback = self._runner.server
         assert fallback is not None
+
         # Connections start on the ``POST /`` fast path and are handed to
         # aiohttp (``fallback``) at their first other request.
+        def fast() -> asyncio.Protocol:
+            return ApiFastPath(self.api, fallback, MAX_BODY_BYTES, self._fast)
+
+        factory: Callable[[], asyncio.Protocol] = fast if self.options.fast_path else fallback
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: ApiFastPath(self.api, fallback, MAX_BODY_BYTES, self._fast),
-            host,
-            port,
-            reuse_address=True,
+            factory, host, port, reuse_address=True
         )
         self.port = int(self._listener.sockets[0].getsockname()[1])
         self.ready = True
@@ -229,7 +233,7 @@ class DevServer:
         The HTTP status mirrors the reply's ``head.status``.
         """
         if body is None:
-            out = reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+            out = Reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
         else:
             try:
                 envelope = msgspec.json.decode(body)
@@ -245,13 +249,13 @@ class DevServer:
                     out = self._refused(400, "Invalid request: nested too deeply", "depth")
                 except Exception as exc:  # a bug here, never the client's fault
                     self._log.exception("request_failed", error=str(exc))
-                    out = reply("unknown", "0", 500, f"Internal error: {exc}")
-        return int(out["head"]["status"]), msgspec.json.encode(out)
+                    out = Reply("unknown", "0", 500, f"Internal error: {exc}")
+        return out.status, msgspec.json.encode(out.envelope())
 
-    def _refused(self, status: int, message: str, reason: str) -> dict[str, Any]:
+    def _refused(self, status: int, message: str, reason: str) -> Reply:
         """A client's mistake: a 4xx reply and one log line (never a 500)."""
         self._log.info("request_refused", status=status, reason=reason)
-        return reply("unknown", "0", status, message)
+        return Reply("unknown", "0", status, message)
 
     async def _poll(self, request: web.Request) -> web.StreamResponse:
         group, pid = request.match_info["group"], request.match_info["pid"]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import msgspec
 
@@ -35,13 +36,14 @@ CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, doc TEXT NOT NULL) WI
 #: latest version, so checkpointing less often copies far fewer pages.
 _WAL_AUTOCHECKPOINT_PAGES = 16_384
 
+#: A row: a struct of :mod:`service.devserver.rows`, or a plain JSON object.
+type Row = msgspec.Struct | Mapping[str, object]
 #: One batch: (table, [(id, row or None for a delete), ...]) per table.
-type Batch = dict[str, list[tuple[str, dict[str, Any] | None]]]
+type Batch = dict[str, list[tuple[str, Row | None]]]
 
 MEMORY = ":memory:"
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 class Store:
@@ -77,12 +79,12 @@ class Store:
         self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
 
-    def load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every stored promise, task and schedule row."""
+    def load(self) -> tuple[list[str], list[str], list[str]]:
+        """Every stored promise, task and schedule document (JSON, decoded by ``rows``)."""
 
-        def rows(table: str) -> list[dict[str, Any]]:
+        def rows(table: str) -> list[str]:
             cur = self._db.execute(f"SELECT doc FROM {table} ORDER BY id")
-            return [_decode(doc) for (doc,) in cur]
+            return [doc for (doc,) in cur]
 
         return rows("promises"), rows("tasks"), rows("schedules")
 
@@ -92,7 +94,7 @@ class Store:
         db.execute("BEGIN")
         try:
             for table, changes in batch.items():
-                upserts = [(i, _encode(r).decode()) for i, r in changes if r]
+                upserts = [(i, _encode(r).decode()) for i, r in changes if r is not None]
                 deletes = [(i,) for i, r in changes if r is None]
                 if upserts:
                     db.executemany(

@@ -376,3 +376,25 @@ async def test_client_mistake__400_and_a_log_line_on_both_paths(
     # The connection and the server keep serving.
     await conn.send(post(envelope("nope", corr="after")))
     assert (await conn.expect(expected + 1))[-1][0] == 404
+
+
+async def test_fast_path_off__aiohttp_answers_post_with_the_same_envelopes(tmp_path: Path) -> None:
+    # The benchmark's baseline (bench/devserver_fastpath.py): the same server
+    # with aiohttp serving every request, replies byte for byte the same.
+    bodies: dict[bool, list[bytes]] = {}
+    for fast_path in (True, False):
+        srv = DevServer(ServerOptions(data=str(tmp_path / f"{fast_path}.db"), fast_path=fast_path))
+        port = await srv.start("127.0.0.1", 0)
+        try:
+            conn = Conn(*await asyncio.open_connection("127.0.0.1", port))
+            await conn.send(post(envelope("nope", corr="a")) + post(b"{", "X-Try: 1"))
+            replies = await conn.expect(2)
+            # The connection is on the fast path only when it is on.
+            assert len(srv._fast) == (1 if fast_path else 0)
+            conn.writer.close()
+        finally:
+            await srv.stop()
+        assert [status for status, _, _ in replies] == [404, 400]
+        bodies[fast_path] = [body for _, _, body in replies]
+    assert bodies[True] == bodies[False]
+    assert json.loads(bodies[False][0])["data"] == "Promise not found"

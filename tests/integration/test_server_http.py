@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from resonate_base import PROTOCOL_VERSION
 
+from service.devserver.dispatch import KINDS
 from service.devserver.server import MAX_BODY_BYTES, DevServer, ServerOptions
-from service.devserver.state import KINDS
 from tests.integration.conftest import read_sse
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ from typing import Any
 from resonate_base import PROTOCOL_VERSION
 
 from service.devserver.hub import WRITTEN_PRUNE_AT, Connection
-from service.devserver.state import HEARTBEAT_ORIGIN_MESSAGE, ServerState
+from service.devserver.state import ServerState
+from service.devserver.tasks import HEARTBEAT_ORIGIN_MESSAGE
 
 NOW = 1_000_000
 TTL = 10_000
