@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from service.config import settings_table
 from service.patterns.registry import PATTERNS
-from service.telemetry.metrics import (
+from service.telemetry.names import (
     backlog_metrics_table,
     metrics_table,
     operator_metrics_table,

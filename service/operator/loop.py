@@ -41,6 +41,7 @@ from service.operator.status import (
     readable_change,
     step_status,
 )
+from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
     from service.telemetry.metrics import OperatorMetrics
@@ -127,7 +128,7 @@ async def _pause(stopped: kopf.DaemonStopped, gone: asyncio.Event, seconds: floa
 
 
 def _readable_event(
-    body: kopf.Body, before: dict[str, Any], after: dict[str, Any], logger: Any
+    body: kopf.Body, before: dict[str, Any], after: dict[str, Any], log: Any
 ) -> None:
     """One Event when the server starts or stops refusing the backlog searches."""
     change = readable_change(before, after)
@@ -135,10 +136,10 @@ def _readable_event(
         return
     if change.readable:
         kopf.info(body, reason=change.reason, message=change.message)
-        logger.info(change.message)
+        log.info("backlog_readable", detail=change.message)
     else:
         kopf.warn(body, reason=f"Backlog{change.reason}", message=change.message)
-        logger.warning(f"backlog unreadable ({change.reason}): {change.message}")
+        log.warning("backlog_unreadable", reason=change.reason, detail=change.message)
 
 
 def _scale_event(body: kopf.Body, result: Any, target: str) -> None:
@@ -158,9 +159,16 @@ def _scale_event(body: kopf.Body, result: Any, target: str) -> None:
 async def run_autoscaler(
     body: kopf.Body, stopped: kopf.DaemonStopped, ctx: OperatorContext, logger: Any
 ) -> None:
-    """Poll and scale until the daemon is stopped (operator exiting) or the object is deleted."""
+    """Poll and scale until the daemon is stopped (operator exiting) or the object is deleted.
+
+    ``logger`` (kopf's per-object logger) is not used: its message is free
+    text and, at the operator's posting level, an Event per line; lines go
+    through structlog with constant event names instead, and the Events that
+    matter are posted explicitly (``_scale_event``, ``_readable_event``).
+    """
     name = body.metadata.name or ""
     namespace = body.metadata.namespace or ""
+    log = get_logger("service.operator").bind(namespace=namespace, autoscaler=name)
     uid = body.metadata.uid or ""
     gone = ctx.gone[uid] = asyncio.Event()
     status: dict[str, Any] = dict(body.get("status") or {})
@@ -182,7 +190,7 @@ async def run_autoscaler(
                     raise ValueError(msg)
             except (ValueError, TypeError, KeyError) as exc:
                 status = error_status(status, generation, "InvalidSpec", str(exc), time.time())
-                logger.error(f"invalid spec: {exc}")
+                log.error("autoscaler_spec_invalid", error=str(exc))
             else:
                 who = Identity(namespace, name, group)
                 target = DeploymentScale(apps, namespace, target_name)
@@ -200,27 +208,37 @@ async def run_autoscaler(
                     status = error_status(
                         status, generation, "TargetMissing", str(exc), time.time()
                     )
-                    logger.warning(str(exc))
+                    log.warning("scale_target_missing", target=target_name, error=str(exc))
                 except k8s.ApiException as exc:
                     message = f"scaling {target_name} failed: {exc.status} {exc.reason}"
                     status = error_status(status, generation, "ScaleFailed", message, time.time())
-                    logger.warning(message)
+                    log.warning(
+                        "scale_failed", target=target_name, status=exc.status, reason=exc.reason
+                    )
                 else:
                     state = result.decision.state
                     before = status
                     status = step_status(
                         result, status, generation, activation_tasks=policy.activation_tasks
                     )
-                    _readable_event(body, before, status, logger)
+                    _readable_event(body, before, status, log.bind(group=group))
                     if result.scaled:
                         _scale_event(body, result, target_name)
-                        logger.info(f"scaled {target_name}: {result.decision.reason}")
+                        log.info(
+                            "autoscaler_scaled",
+                            group=group,
+                            target=target_name,
+                            direction=result.direction,
+                            replicas_before=result.current_before,
+                            replicas=result.current,
+                            reason=result.decision.reason,
+                        )
             try:
                 await patch_status(custom, namespace, name, status)
             except k8s.ApiException as exc:
                 if exc.status == 404:
                     return  # the autoscaler is gone
-                logger.warning(f"status update failed: {exc.status} {exc.reason}")
+                log.warning("status_update_failed", status=exc.status, reason=exc.reason)
             await _pause(stopped, gone, _interval(spec, ctx))
     finally:
         if ctx.gone.get(uid) is gone:

@@ -1,7 +1,7 @@
 """The Grafana dashboard, built from the metric definitions.
 
 Every query names its metric through the constants in
-:mod:`service.telemetry.metrics`, so a renamed metric cannot leave a panel
+:mod:`service.telemetry.names`, so a renamed metric cannot leave a panel
 querying nothing. ``python -m service.telemetry.dashboard`` writes the JSON
 that the Helm chart ships (``charts/resonate-patterns/dashboards/``); a test
 checks the committed file matches this definition and evaluates every panel
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.telemetry import metrics as m
+from service.telemetry import names as m
 
 DASHBOARD_UID = "resonate-patterns"
 DASHBOARD_FILE = "resonate-patterns.json"

@@ -28,14 +28,16 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from resonate.error import PlatformError, ServerError, Suspended
 
-from service.telemetry.logging import EXECUTION_CONTEXT, get_logger
+from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
     from resonate.context import Context
 
-    from service.telemetry.metrics import Outcome, WorkerMetrics
+    from service.telemetry.metrics import WorkerMetrics
+    from service.telemetry.names import Outcome
 
 #: The status the server answers a fenced write with once the lease moved on.
 _LEASE_GONE = 409
@@ -166,12 +168,13 @@ def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) ->
                 "depth": depth,
                 "attempt": attempt,
             }
-            # Explicit on these two lines, and the context of anything logged
-            # while the body runs (the SDK, aiohttp, ...).
+            # Explicit on these two lines (so they are there even where context
+            # variables are not merged, as in structlog's ``capture_logs``), and
+            # bound for anything logged while the body runs (the SDK, aiohttp).
             log = get_logger("service.execution")
             in_flight = telemetry.metrics.in_flight_for(name)
             outcome: Outcome = "resolved"
-            token = EXECUTION_CONTEXT.set(context)
+            tokens = structlog.contextvars.bind_contextvars(**context)
             try:
                 log.info("execution_started", args=_summarize(args), **context)
                 started = time.perf_counter()
@@ -215,7 +218,7 @@ def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) ->
                         fields["error"] = error
                     log.info("execution_finished", **fields)
             finally:
-                EXECUTION_CONTEXT.reset(token)
+                structlog.contextvars.reset_contextvars(**tokens)
 
         # The SDK builds a DurableFunction (signature inspection plus string
         # annotation evaluation) on every ``ctx.run`` of a function object.

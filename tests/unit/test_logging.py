@@ -47,16 +47,18 @@ async def test_sink_in_a_loop_writes_each_iteration_once_in_order() -> None:
 SCRIPT = """
 import asyncio, logging, sys
 import structlog
-from service.telemetry.logging import EXECUTION_CONTEXT, get_logger, setup_logging
+from service.telemetry.logging import get_logger, setup_logging
 
 setup_logging("info", "json")
 
 async def main():
     log = get_logger("test")
-    token = EXECUTION_CONTEXT.set({"promise_id": "root:1", "function": "enrich_one", "depth": 1})
+    tokens = structlog.contextvars.bind_contextvars(
+        promise_id="root:1", function="enrich_one", depth=1
+    )
     log.info("inside_structlog")
     logging.getLogger("resonate.sdk").warning("inside_stdlib")
-    EXECUTION_CONTEXT.reset(token)
+    structlog.contextvars.reset_contextvars(**tokens)
     logging.getLogger("resonate.sdk").warning("outside_stdlib")
     log.info("last_line")
     sys.exit(0)  # leaves the loop with the lines still buffered

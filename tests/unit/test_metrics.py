@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.client import RejectedError, invoke
 from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, pattern
-from service.telemetry.metrics import (
+from service.telemetry.metrics import BacklogMetrics, OperatorMetrics, WorkerMetrics
+from service.telemetry.names import (
+    BACKLOG_METRICS,
     DEPTH_BUCKETS,
+    OPERATOR_METRICS,
+    WORKER_METRICS,
+    Metric,
     backlog_metrics_table,
     metrics_table,
     operator_metrics_table,
@@ -201,8 +207,6 @@ def test_docs__metrics_tables_match_definitions() -> None:
 
 
 def test_labels__bounded_sets_only() -> None:
-    from service.telemetry.metrics import metric_docs
-
     allowed = {
         "function",
         "group",
@@ -214,6 +218,44 @@ def test_labels__bounded_sets_only() -> None:
         "cause",
         "reason",
     }
-    for doc in metric_docs():
-        assert set(doc.labels) <= allowed, doc.name
-        assert doc.name.startswith("resonate_patterns_")
+    for metric in WORKER_METRICS:
+        assert set(metric.labels) <= allowed, metric.name
+        assert metric.name.startswith("resonate_patterns_")
+
+
+def _exported(registry: CollectorRegistry) -> list[tuple[str, str, tuple[str, ...], str]]:
+    """(name as served, type, labels, help) of every family, in exposition order."""
+    suffix = {"counter": "_total", "info": "_info"}
+    out = []
+    for family in registry.collect():
+        labels: set[str] = set()
+        for sample in family.samples:
+            labels |= set(sample.labels) - {"le"}
+        ordered = tuple(sorted(labels))
+        out.append(
+            (family.name + suffix.get(family.type, ""), family.type, ordered, family.documentation)
+        )
+    return out
+
+
+def _defined(metrics: tuple[Metric, ...]) -> list[tuple[str, str, tuple[str, ...], str]]:
+    return [(m.name, m.type, tuple(sorted(m.labels)), m.help) for m in metrics]
+
+
+def test_definitions__each_process_exports_exactly_its_defined_metrics() -> None:
+    worker = WorkerMetrics("workers")
+    worker.set_identity("1.2.3", "w-1")
+    worker.execution_finished("factorial", 2, "resolved", 0.01)  # one series of each
+    worker.in_flight_for("factorial")
+    worker.fanout("enrich_batch", 3)
+    worker.root_finished("factorial", 2)
+    worker.declare_cache("factorial", "child")
+    assert _exported(worker.registry) == _defined(WORKER_METRICS)
+    operator = OperatorMetrics()
+    operator.ensure("ns", "scaler", "workers")
+    operator.observed("ns", "scaler", "workers", pending=1, acquired=2)
+    operator.replicas("ns", "scaler", "workers", desired=3, current=1)
+    assert _exported(operator.registry) == _defined(OPERATOR_METRICS)
+    backlog = BacklogMetrics()
+    backlog.scanned({"workers": (1, 2)}, 0.01)
+    assert _exported(backlog.registry) == _defined(BACKLOG_METRICS)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from resonate.error import PlatformError, ServerError
 
 from service.telemetry.instrument import Telemetry, instrumented, lease_gone
@@ -119,3 +120,37 @@ async def test_lease_lost__counted_once_where_it_reaches_the_task_root(
         )
         == 1
     )
+
+
+@instrumented("context_probe")
+async def context_probe(ctx: Any, seen: list[dict[str, Any]], fail: bool) -> None:
+    seen.append(structlog.contextvars.get_contextvars())
+    if fail:
+        msg = "boom"
+        raise RuntimeError(msg)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_execution_context__bound_while_the_body_runs__outer_context_restored(
+    fail: bool,
+) -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    seen: list[dict[str, Any]] = []
+    with structlog.contextvars.bound_contextvars(pid="w-1"):
+        if fail:
+            with pytest.raises(RuntimeError, match="boom"):
+                await context_probe(_Ctx(telemetry, "r:1.2", "r:1"), seen, fail)
+        else:
+            await context_probe(_Ctx(telemetry, "r:1.2", "r:1"), seen, fail)
+        after = structlog.contextvars.get_contextvars()
+    assert seen == [
+        {
+            "pid": "w-1",
+            "promise_id": "r:1.2",
+            "root_id": "r",
+            "function": "context_probe",
+            "depth": 2,
+            "attempt": 1,
+        }
+    ]
+    assert after == {"pid": "w-1"}
