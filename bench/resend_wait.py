@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from service.client import invoke
 from service.config import load_settings
+from service.local.supervisor import Stack, plan_stack
 from service.patterns.enrich import enrich_record
 from service.patterns.registry import pattern
 from service.runtime import Runtime, build_runtime
-from service.stack import Stack, plan_stack
 from service.telemetry.logging import setup_logging
 
 if TYPE_CHECKING:
@@ -138,7 +138,9 @@ async def run_one(scenario: Scenario, args: argparse.Namespace, run: int) -> Res
             server_args=scenario.server_args,
         )
         await stack.start()
-        client: Runtime = build_runtime(load_settings({"RESONATE_URL": plan.url}), role="client")
+        client: Runtime = build_runtime(
+            load_settings({"RESONATE_URL": stack.plan.url}), role="client"
+        )
         client.start()
         try:
             ids = [run * 1_000_000 + i for i in range(args.ids)]
@@ -168,7 +170,7 @@ async def run_one(scenario: Scenario, args: argparse.Namespace, run: int) -> Res
             if set(first_start) != stranded:
                 msg = f"{len(stranded - set(first_start))} stranded task(s) never ran elsewhere"
                 raise RuntimeError(msg)
-            executes, refused = await _server_counts(plan.url)
+            executes, refused = await _server_counts(stack.plan.url)
             return Result(
                 scenario,
                 stranded=int(gone["unacquired_tasks"]),

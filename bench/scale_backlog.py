@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -38,10 +40,10 @@ import aiohttp
 
 from service.client import invoke
 from service.config import load_settings
+from service.local.supervisor import Stack, plan_stack
 from service.patterns.enrich import enrich_record
 from service.patterns.registry import pattern
 from service.runtime import Runtime, build_runtime
-from service.stack import Stack, free_ports, plan_stack
 from service.telemetry.logging import setup_logging
 
 
@@ -60,10 +62,21 @@ async def _leaves_run(session: aiohttp.ClientSession, url: str) -> int:
     return int(done)
 
 
+def _free_ports(count: int) -> list[int]:
+    """Ports free right now, for the official server (it is told its ports; ours pick their own)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 async def _start_official(
-    binary: str, tmp: Path, port: int, retry_ms: int
+    binary: str, tmp: Path, port: int, metrics_port: int, retry_ms: int
 ) -> asyncio.subprocess.Process:
-    metrics_port = free_ports(1, avoid=[port])[0]
     env = {
         **os.environ,
         "RESONATE_STORAGE__SQLITE__PATH": str(tmp / "resonate.db"),
@@ -104,7 +117,9 @@ async def run_once(args: argparse.Namespace) -> Run:
         plan = plan_stack(settings, workers=1, port=0, data=None, group=None)
         official = None
         if args.official:
-            official = await _start_official(args.official, tmp, plan.server_port, args.retry_ms)
+            port, metrics_port = _free_ports(2)
+            plan = dataclasses.replace(plan, server_port=port)
+            official = await _start_official(args.official, tmp, port, metrics_port, args.retry_ms)
         stack = Stack(
             plan,
             out=lambda _: None,
@@ -117,7 +132,9 @@ async def run_once(args: argparse.Namespace) -> Run:
             server_ready_path="/ready" if official else "/readyz",
         )
         await stack.start()
-        client: Runtime = build_runtime(load_settings({"RESONATE_URL": plan.url}), role="client")
+        client: Runtime = build_runtime(
+            load_settings({"RESONATE_URL": stack.plan.url}), role="client"
+        )
         client.start()
         try:
             async with aiohttp.ClientSession() as session:

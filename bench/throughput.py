@@ -43,11 +43,11 @@ from resonate.retry import Never
 from service.client import invoke
 from service.config import Settings, load_settings
 from service.devserver.store import Store
+from service.local.supervisor import Stack, plan_stack
 from service.patterns.deps import PatternDeps
 from service.patterns.links import SyntheticGraph
 from service.patterns.registry import pattern, register_all
 from service.runtime import Runtime, build_runtime
-from service.stack import Stack, plan_stack
 from service.telemetry.instrument import Telemetry
 from service.telemetry.logging import setup_logging
 from service.telemetry.metrics import WorkerMetrics

@@ -5,7 +5,9 @@ One function decides the wiring from :class:`~service.config.Settings`:
 * no ``RESONATE_URL``: embedded. The in-process server (the project's
   indexed state, optionally persisted to SQLite) is both the network and the
   message source; leases never expire there (no heartbeats in one process),
-  so a long step is never re-delivered to itself.
+  so a long step is never re-delivered to itself. Only this mode imports the
+  development server (:mod:`service.devserver`): a production worker never
+  loads it.
 * ``RESONATE_URL``: remote. HTTP for requests, SSE for pushed messages. A
   worker joins ``RESONATE_GROUP``; a client listens under its own group, so
   the group's work is never delivered to a client that cannot run it.
@@ -39,7 +41,6 @@ from service.connector.sdk import (
     pending_jobs,
 )
 from service.connector.sse import EventStream
-from service.devserver.embedded import EmbeddedConnection
 from service.patterns.deps import PatternDeps
 from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, PATTERNS, register_all
@@ -50,6 +51,7 @@ from service.telemetry.observer import CountingHeartbeat, SdkObserver
 if TYPE_CHECKING:
     from service.config import Settings
     from service.connector.sdk import Sender, Source
+    from service.devserver.embedded import EmbeddedConnection
 
 Role = Literal["worker", "client"]
 
@@ -158,6 +160,9 @@ def build_runtime(
     own_sender: Sender | None = None
 
     if settings.resonate_url is None:
+        # Imported here: a worker against a server never loads the development server.
+        from service.devserver.embedded import EmbeddedConnection
+
         embedded = EmbeddedConnection(pid=pid, group=settings.group, store=settings.embedded_store)
         resonate = Resonate(
             network=embedded,

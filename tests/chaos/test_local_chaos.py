@@ -1,7 +1,7 @@
 """Chaos on the local stack: workers and the server killed under a mixed workload.
 
 Real processes: the local server on a file store and 3 supervised workers
-(``service.stack.Stack``; a dead worker restarts 0.5 s later), 4 client
+(``service.local.supervisor.Stack``; a dead worker restarts 0.5 s later), 4 client
 runtimes submitting a seeded mix of factorial, fan-outs, bounded and tolerant
 batches and crawls, while a random worker is killed every 1-3 s (SIGKILL, or
 SIGTERM so it drains) or the server is killed and restarted on its store.
@@ -31,8 +31,9 @@ from typing import Any
 import pytest
 
 from service.config import load_settings
+from service.local.children import RESTART_BACKOFF, Child
+from service.local.supervisor import Stack, plan_stack
 from service.runtime import build_runtime
-from service.stack import RESTART_BACKOFF, Child, Stack, plan_stack
 from tests.chaos.workload import (
     CallOutcome,
     Kill,

@@ -817,7 +817,7 @@ class Bridge:
         return path
 
     def _free_port(self) -> int:
-        from service.stack import free_ports
+        from tests.ports import free_ports
 
         with self._lock:
             port = free_ports(1, avoid=self._used_ports)[0]

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from service.config import load_settings
+from service.local.supervisor import Stack, plan_stack
 from service.runtime import Runtime, build_runtime
-from service.stack import Stack, plan_stack
 
 pytestmark = pytest.mark.slow
 

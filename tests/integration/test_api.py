@@ -36,15 +36,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.api import openapi_document
-from service.stack import free_ports
 from tests.conftest import ROOT
 from tests.integration.conftest import scrape, total
 from tests.integration.test_devserver_auth import AUD, ISS, RSA_KEY, public_pem, token
+from tests.ports import free_ports
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from service.stack import Stack
+    from service.local.supervisor import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -29,9 +29,9 @@ from service.operator.backlog import (
     BacklogReadError,
 )
 from service.runtime import build_runtime
-from service.stack import free_port
 from tests.conftest import ROOT
 from tests.operator.search_server import SearchServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

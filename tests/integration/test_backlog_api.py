@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service.stack import free_port
 from tests.conftest import ROOT, run_cli
 from tests.integration.conftest import scrape, total
 from tests.integration.test_backlog import submit
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -35,8 +35,8 @@ from service.patterns.registry import pattern
 from tests.integration.conftest import log_events, scrape, worker_url
 
 if TYPE_CHECKING:
+    from service.local.supervisor import Stack
     from service.runtime import Runtime
-    from service.stack import Stack
 
 pytestmark = pytest.mark.slow
 

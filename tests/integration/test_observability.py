@@ -19,15 +19,15 @@ import yaml
 from prometheus_client import generate_latest
 
 from service.client import invoke
-from service.operator.local import autoscale_local
+from service.local.autoscale import autoscale_local
 from service.operator.policy import PolicySpec
 from service.patterns.registry import pattern
-from service.stack import free_port
 from service.telemetry import dashboard
 from service.telemetry.metrics import OperatorMetrics
 from tests.conftest import ROOT, require_tool
 from tests.integration.conftest import scrape, total, worker_url
 from tests.integration.test_cache_metrics import cache_counts, children, stored
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -330,8 +330,8 @@ async def test_server_process__sigterm_with_streams_open__exits_within_its_grace
     import sys
     import time
 
-    from service.stack import free_port
     from tests.conftest import ROOT, wait_until_ok
+    from tests.ports import free_port
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

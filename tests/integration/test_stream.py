@@ -124,8 +124,8 @@ async def test_worker_with_a_refused_token__not_ready_one_error_line_per_attempt
 ) -> None:
     from service.devserver.auth import AuthOptions, Verifier
     from service.devserver.server import DevServer, ServerOptions
-    from service.stack import free_port
     from tests.integration.test_devserver_auth import AUD, ISS, RSA_KEY, public_pem, token
+    from tests.ports import free_port
 
     verifier = Verifier.load(AuthOptions(public_pem(RSA_KEY, tmp_path / "pub.pem"), ISS, AUD))
     server = DevServer(ServerOptions(auth=verifier))

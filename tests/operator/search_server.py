@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.stack import free_port
+from tests.ports import free_port
 
 #: The protocol version v0.9.8 speaks (``src/types.rs`` ``SUPPORTED_VERSIONS``).
 VERSION = "2026-04-01"

@@ -31,7 +31,6 @@ from resonate_base import PROTOCOL_VERSION
 from service.operator.handlers import FINALIZER, build_registry, make_memo
 from service.operator.loop import OperatorContext
 from service.operator.peering import Peering
-from service.stack import free_port
 from service.telemetry.metrics import OperatorMetrics
 from tests.conftest import wait_until_ok
 from tests.operator.kmock_shim import (
@@ -47,6 +46,7 @@ from tests.operator.kmock_shim import (
     declare_resources,
 )
 from tests.operator.search_server import SearchServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.kmock(cls=Emulator)
 

@@ -12,10 +12,10 @@ import yaml
 
 from service.config import load_settings
 from service.operator.main import PRIORITIES, run_operator, watch_scope
-from service.stack import free_port
 from tests.conftest import wait_until_ok
 from tests.operator.kmock_shim import GROUP, NS, PLURAL, VERSION, Emulator, declare_resources
 from tests.operator.search_server import SearchServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.kmock(cls=Emulator)
 

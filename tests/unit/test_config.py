@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import env_names, load_settings, settings_table
+from service.config import Flag, env_names, load_settings, settings_table
 from service.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -54,6 +54,34 @@ def test_bad_value__any_setting__error_names_variable_and_range(
     message = str(err.value)
     assert message.startswith(f"{variable}={value!r} is invalid: expected ")
     assert expected in message
+
+
+def test_flag_override__wins_over_the_variable__bad_one_named_like_a_variable() -> None:
+    s = load_settings({"RESONATE_GROUP": "from-env"}, group=Flag("--group", "from-flag"))
+    assert s.group == "from-flag"
+    for raw in ("Bad_Group", ""):  # an empty flag is a value given, not "unset"
+        with pytest.raises(ConfigError) as err:
+            load_settings({"RESONATE_GROUP": "ok"}, group=Flag("--group", raw))
+        assert str(err.value) == (
+            f"--group={raw!r} is invalid: expected a lowercase DNS label "
+            "(a-z, 0-9, '-', at most 63 characters)"
+        )
+
+
+def test_replace__raw_values_validated_like_the_environment() -> None:
+    s = load_settings({})
+    changed = s.replace(data_dir="/tmp/elsewhere", max_n="12", resonate_url="http://h:1/")
+    assert (changed.data_dir, changed.max_n, changed.resonate_url) == (
+        "/tmp/elsewhere",
+        12,
+        "http://h:1",
+    )
+    assert s.max_n == 1000, "a copy: the original is unchanged"
+    with pytest.raises(ConfigError) as err:
+        s.replace(max_n="99999")
+    assert str(err.value).startswith("RESONATE_PATTERNS_MAX_N='99999' is invalid: expected ")
+    with pytest.raises(KeyError, match="nope"):
+        s.replace(nope="1")
 
 
 def test_empty_value__treated_as_unset() -> None:

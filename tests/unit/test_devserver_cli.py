@@ -29,8 +29,11 @@ def test_retry_ms_from_env__official_variable_or_none() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["server", "--retry-ms", "0"], "--retry-ms must be at least 1"),
-        (["server", "--keepalive-seconds", "0"], "--keepalive-seconds must be positive"),
+        (["server", "--retry-ms", "0"], "--retry-ms='0' is invalid: expected an integer in [1, "),
+        (
+            ["server", "--keepalive-seconds", "0"],
+            "--keepalive-seconds='0' is invalid: expected a number in (0, 3600]",
+        ),
         (["server", "--auth-iss", "me"], "need --auth-public-key"),
         (["server", "--auth-public-key", "/no/such.pem"], "cannot read the auth public key"),
     ],

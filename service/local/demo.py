@@ -12,10 +12,10 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from service.client import CallResult, invoke
+from service.local.supervisor import Stack, plan_stack
 from service.patterns.links import SyntheticGraph
 from service.patterns.registry import pattern
 from service.runtime import build_runtime
-from service.stack import Stack, plan_stack
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,12 +81,16 @@ async def run_demo(settings: Settings, out: Callable[[str], None]) -> int:
         out(
             f"starting the local stack: 1 server and {DEMO_WORKERS} workers in group {plan.group!r}"
         )
-        await stack.start()
+        try:
+            await stack.start()
+        except BaseException:
+            await stack.stop_quietly()
+            raise
         for line in stack.describe()[:-1]:
             out(line)
         out("")
         try:
-            await run_steps(settings.replace(resonate_url=plan.url), out)
+            await run_steps(settings.replace(resonate_url=stack.plan.url), out)
         finally:
             out("")
             await stack.stop()

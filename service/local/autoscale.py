@@ -23,7 +23,7 @@ from service.telemetry.metrics import OperatorMetrics
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from service.stack import Stack
+    from service.local.supervisor import Stack
 
 
 class LocalWorkers:
