@@ -1,10 +1,14 @@
 """Invoke a pattern by name under its keyed id and report what happened.
 
-:func:`invoke` validates the arguments exactly as the durable function will
-(so a typo never becomes a stored rejection under a keyed id), creates the
-invocation's promise for the worker group (the same ``promise.create`` the
-SDK's top-level ``rpc`` sends: param, lineage tags and target), waits for
-the result, and reports whether it came from an already-settled promise.
+:func:`invoke` is :func:`prepare_call` then :func:`submit`. The first
+validates the arguments with the durable function's own check (so a typo
+never becomes a stored rejection under a keyed id) and derives the promise
+id; the second creates the invocation's promise for the worker group (the
+same ``promise.create`` the SDK's top-level ``rpc`` sends: param, lineage
+tags and target), waits for the result, and reports whether it came from an
+already-settled promise. Edges that must refuse bad input before anything
+else (the CLI before it opens a store, the HTTP API before it answers 503)
+call the two halves themselves, so input is checked once per call here.
 
 "Cached" is read from the server's reply to that create: the record it
 returns was already settled, so no body runs for this call. The SDK's own
@@ -38,6 +42,7 @@ from service.errors import (
 if TYPE_CHECKING:
     from resonate.promises import Promises
 
+    from service.config import Settings
     from service.patterns.registry import Pattern
     from service.runtime import Runtime
 
@@ -86,6 +91,14 @@ class CallResult:
             "cached": self.cached,
             "elapsed_ms": self.elapsed_ms,
         }
+
+
+def prepare_call(
+    pattern: Pattern, settings: Settings, args: tuple[Any, ...], explicit: str | None = None
+) -> str:
+    """Check ``args`` as the durable function will (InputError); the id to invoke under."""
+    pattern.validate(settings, args)
+    return promise_id_for(pattern, args, explicit)
 
 
 def promise_id_for(pattern: Pattern, args: tuple[Any, ...], explicit: str | None) -> str:
@@ -137,14 +150,28 @@ async def invoke(
     promise_id: str | None = None,
     wait_seconds: float | None = None,
 ) -> CallResult:
-    """Run ``pattern(*args)`` under its keyed id and wait for the result.
+    """Run ``pattern(*args)`` under ``promise_id`` (default: its keyed id); wait for the result.
+
+    Raises InputError, before anything is stored, for arguments the pattern rejects.
+    """
+    root_id = prepare_call(pattern, runtime.settings, args, promise_id)
+    return await submit(runtime, pattern, args, root_id, wait_seconds=wait_seconds)
+
+
+async def submit(
+    runtime: Runtime,
+    pattern: Pattern,
+    args: tuple[Any, ...],
+    promise_id: str,
+    *,
+    wait_seconds: float | None = None,
+) -> CallResult:
+    """Run ``pattern(*args)``, already accepted by :func:`prepare_call`, under ``promise_id``.
 
     Counts the invocation in ``runtime``'s metrics once the server has
     answered the create: a hit when the promise was already settled, else a
     miss (created now, or pending and still executing).
     """
-    pattern.validate(runtime.settings, args)
-    pid = promise_id_for(pattern, args, promise_id)
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     deadline = None if wait_seconds is None else loop.time() + wait_seconds
@@ -156,40 +183,40 @@ async def invoke(
     try:
         async with asyncio.timeout(create_within):
             state, value = await create_root(
-                runtime.resonate.promises, pid, pattern.name, args, runtime.settings.group
+                runtime.resonate.promises, promise_id, pattern.name, args, runtime.settings.group
             )
     except TimeoutError:
-        raise ServerUnavailableError(pid, create_within or 0) from None
+        raise ServerUnavailableError(promise_id, create_within or 0) from None
     except ServerError as exc:
         if exc.code in (401, 403):
-            raise AuthRefusedError(exc.code, exc.message, pid) from None
+            raise AuthRefusedError(exc.code, exc.message, promise_id) from None
         if 400 <= exc.code < 500:
-            raise CallRefusedError(pid, exc.code, exc.message) from None
-        raise ServerFailedError(pid, exc.code, exc.message) from None
+            raise CallRefusedError(promise_id, exc.code, exc.message) from None
+        raise ServerFailedError(promise_id, exc.code, exc.message) from None
     cached = state in SETTLED_STATES
     runtime.telemetry.metrics.cache_result(pattern.name, "invocation", hit=cached)
     if state != "resolved":
         try:
             async with asyncio.timeout_at(deadline):
-                value = await _result(runtime, pid)
+                value = await _result(runtime, promise_id)
         except TimeoutError:
-            raise WaitTimeoutError(pid, wait_seconds or 0) from None
+            raise WaitTimeoutError(promise_id, wait_seconds or 0) from None
         except ServerError as exc:
             if exc.code in (401, 403):
-                raise AuthRefusedError(exc.code, exc.message, pid) from None
-            raise RejectedError(pid, str(exc)) from exc
+                raise AuthRefusedError(exc.code, exc.message, promise_id) from None
+            raise RejectedError(promise_id, str(exc)) from exc
         except Exception as exc:
-            raise RejectedError(pid, str(exc) or type(exc).__name__) from exc
+            raise RejectedError(promise_id, str(exc) or type(exc).__name__) from exc
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-    return CallResult(pid, pattern.name, value, cached, elapsed_ms)
+    return CallResult(promise_id, pattern.name, value, cached, elapsed_ms)
 
 
 #: Pause before waiting again on a promise whose wait failed while it is still pending.
 REWAIT_PAUSE_SECONDS = 0.5
 
 
-async def _result(runtime: Runtime, pid: str) -> Any:
-    """Wait for promise ``pid`` to settle; its value, or the error it was rejected with.
+async def _result(runtime: Runtime, promise_id: str) -> Any:
+    """Wait for promise ``promise_id`` to settle; its value, or the error it was rejected with.
 
     A failed wait is reported only once the store agrees: the SDK settles a
     handle with a made-up rejection when one listener registration is
@@ -199,12 +226,12 @@ async def _result(runtime: Runtime, pid: str) -> Any:
     the wait starts again; settled (or really gone) means the failure stands.
     """
     while True:
-        handle = await runtime.resonate.get(pid)
+        handle = await runtime.resonate.get(promise_id)
         try:
             return await handle.result()
         except Exception:
             try:
-                record = await runtime.resonate.promises.get(pid)
+                record = await runtime.resonate.promises.get(promise_id)
             except ServerError as exc:
                 if exc.code >= 500:  # not an answer about the promise: wait again
                     await asyncio.sleep(REWAIT_PAUSE_SECONDS)

@@ -64,15 +64,24 @@ class StackStartError(ResonatePatternsError):
 
 
 class ServerUnreachableError(ResonatePatternsError):
-    """Nothing accepts connections at the configured Resonate server URL (exit code 1)."""
+    """Nothing accepts connections at the configured Resonate server URL (exit code 1).
 
-    def __init__(self, url: str, reason: str) -> None:
+    With ``advice`` (``call``, ``demo``: commands that would create work) the
+    message names RESONATE_URL and how to fix it; without (``get``, ``ls``:
+    reading) it states the fact only.
+    """
+
+    def __init__(self, url: str, reason: str, *, advice: bool = True) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(
-            f"cannot reach the Resonate server at {url} (RESONATE_URL): {reason}; "
-            "start it (resonate-patterns up) or fix RESONATE_URL"
-        )
+        if advice:
+            msg = (
+                f"cannot reach the Resonate server at {url} (RESONATE_URL): {reason}; "
+                "start it (resonate-patterns up) or fix RESONATE_URL"
+            )
+        else:
+            msg = f"cannot reach the Resonate server at {url}: {reason}"
+        super().__init__(msg)
 
 
 class EnrichmentError(ResonatePatternsError):

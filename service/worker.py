@@ -88,7 +88,6 @@ class Worker:
         self._log.info(
             "worker_started",
             group=self.settings.group,
-            pid=self.runtime.pid,
             mode="embedded" if self.settings.embedded else "remote",
             server=self.settings.resonate_url,
             http_port=self.http_port,

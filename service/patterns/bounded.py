@@ -20,28 +20,49 @@ from service.telemetry.instrument import Telemetry, instrumented
 if TYPE_CHECKING:
     from resonate.context import Context
 
+    from service.config import Settings
+
+#: Registered name of :func:`process_bounded`.
+PROCESS_BOUNDED = "process_bounded"
+#: Registered name of :func:`process_one`, the leaf.
+PROCESS_ONE = "process_one"
+
 
 def process_value(item: int) -> int:
     """The result of processing one item (pure): its square."""
     return item * item
 
 
-@instrumented("process_one")
+def check_process_one(_settings: Settings, item: object) -> int:
+    """``item`` if ``process_one`` accepts it: a 64-bit integer (else InputError)."""
+    return require_int(PROCESS_ONE, "item", item, ITEM_MIN, ITEM_MAX)
+
+
+def check_process_bounded(settings: Settings, items: object, k: object) -> tuple[list[int], int]:
+    """``(items, k)`` if ``process_bounded`` accepts them (else InputError).
+
+    ``items``: a non-empty list of 64-bit integers, at most the fan-out limit;
+    ``k``: an integer in ``[1, fan-out limit]``.
+    """
+    batch = require_items(PROCESS_BOUNDED, items, settings.max_fanout)
+    return batch, require_int(PROCESS_BOUNDED, "k", k, 1, settings.max_fanout)
+
+
+@instrumented(PROCESS_ONE)
 async def process_one(ctx: Context, item: object) -> int:
     """Process one integer item."""
     deps = ctx.get_dependency(PatternDeps)
-    value = require_int("process_one", "item", item, ITEM_MIN, ITEM_MAX)
+    value = check_process_one(deps.settings, item)
     await deps.simulated_io()
     return process_value(value)
 
 
-@instrumented("process_bounded")
+@instrumented(PROCESS_BOUNDED)
 async def process_bounded(ctx: Context, items: object, k: object) -> list[int]:
     """Process every item with at most ``k`` process_one children in flight."""
     deps = ctx.get_dependency(PatternDeps)
-    batch = require_items("process_bounded", items, deps.settings.max_fanout)
-    width = require_int("process_bounded", "k", k, 1, deps.settings.max_fanout)
-    ctx.get_dependency(Telemetry).metrics.fanout("process_bounded", len(batch))
+    batch, width = check_process_bounded(deps.settings, items, k)
+    ctx.get_dependency(Telemetry).metrics.fanout(PROCESS_BOUNDED, len(batch))
     results: list[int] = []
     for start in range(0, len(batch), width):
         chunk = [

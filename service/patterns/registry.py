@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +18,11 @@ from resonate.retry import Never
 
 from service.errors import InputError, UsageError
 from service.patterns import bounded, crawl, enrich, factorial
-from service.patterns.validation import (
-    MAX_FACTORIAL_N,
-    require_crawl_spec,
-    require_int,
-    require_items,
-    require_record_id,
-    require_record_ids,
-    require_url,
-)
+from service.patterns.bounded import PROCESS_BOUNDED, PROCESS_ONE
+from service.patterns.crawl import CRAWL, CRAWL_LEVEL, FETCH_LINKS
+from service.patterns.enrich import ENRICH_BATCH, ENRICH_ONE, ENRICH_TOLERANT, PARALLEL_ENRICH
+from service.patterns.factorial import FACTORIAL, FACTORIAL_PUBLISH
+from service.patterns.validation import word_value
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,8 +30,6 @@ if TYPE_CHECKING:
     from resonate.resonate import Resonate
 
     from service.config import Settings
-
-_INT_RE = re.compile(r"^-?\d+$")
 
 
 def _shown(token: str) -> str:
@@ -46,21 +39,14 @@ def _shown(token: str) -> str:
 
 
 def _record_id(token: str) -> int | str:
-    if not _INT_RE.match(token):
-        return token
-    try:
-        return int(token)
-    except ValueError:  # more digits than Python converts (4300): never a valid id
-        raise UsageError(f"ID {_shown(token)} has too many digits") from None
+    return word_value(token, "ID")
 
 
 def _int(token: str, what: str) -> int:
-    if not _INT_RE.match(token.strip()):
+    value = word_value(token.strip(), what)
+    if not isinstance(value, int):
         raise UsageError(f"{what} must be an integer, got {_shown(token)}")
-    try:
-        return int(token)
-    except ValueError:  # more digits than Python converts (4300)
-        raise UsageError(f"{what} has too many digits ({len(token.strip())})") from None
+    return value
 
 
 def _exactly(name: str, argv: list[str], count: int, usage: str) -> None:
@@ -78,23 +64,30 @@ class Pattern:
     summary: str
     #: Command-line words -> positional call arguments (raises UsageError).
     parse: Callable[[list[str]], tuple[Any, ...]]
-    #: Raises InputError if the durable function would reject these arguments.
-    check: Callable[[Settings, tuple[Any, ...]], None]
+    #: The durable function's own input check, ``check(settings, *args)``: the
+    #: function runs it first, the client before storing anything (InputError).
+    check: Callable[..., object]
+    #: How many positional arguments the function takes.
+    arity: int = 1
+    #: The keyed id of an invocation, when not ``{name}-{digest of the arguments}``.
+    key: Callable[[tuple[Any, ...]], str] | None = None
 
     def keyed_id(self, args: tuple[Any, ...]) -> str:
         """The stable promise id of this invocation: ``factorial-{n}``, else a digest."""
-        if self.name == "factorial":
-            return factorial.factorial_id(args[0])
+        if self.key is not None:
+            return self.key(args)
         canonical = json.dumps(list(args), sort_keys=True, separators=(",", ":"))
         return f"{self.name}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
     def validate(self, settings: Settings, args: tuple[Any, ...]) -> None:
         """Check argument count and values exactly as the durable function will."""
-        self.check(settings, args)
+        if len(args) != self.arity:
+            raise InputError(self.name, f"takes {self.arity} argument(s), got {len(args)}")
+        self.check(settings, *args)
 
 
 def _parse_factorial(argv: list[str]) -> tuple[Any, ...]:
-    _exactly("factorial", argv, 1, "N")
+    _exactly(FACTORIAL, argv, 1, "N")
     return (_int(argv[0], "N"),)
 
 
@@ -109,14 +102,14 @@ def _parse_ids(name: str) -> Callable[[list[str]], tuple[Any, ...]]:
 
 def _parse_bounded(argv: list[str]) -> tuple[Any, ...]:
     if len(argv) < 2:
-        raise UsageError("process_bounded takes K ITEM [ITEM ...]")
+        raise UsageError(f"{PROCESS_BOUNDED} takes K ITEM [ITEM ...]")
     k = _int(argv[0], "K")
     return ([_int(a, "ITEM") for a in argv[1:]], k)
 
 
 def _parse_crawl(argv: list[str]) -> tuple[Any, ...]:
     if len(argv) not in (1, 2):
-        raise UsageError(f"crawl takes URL [DEPTH], got {len(argv)} argument(s)")
+        raise UsageError(f"{CRAWL} takes URL [DEPTH], got {len(argv)} argument(s)")
     depth = _int(argv[1], "DEPTH") if len(argv) == 2 else 1
     return ({"url": argv[0], "depth": depth},)
 
@@ -129,128 +122,80 @@ def _parse_one(name: str, convert: Callable[[str], Any]) -> Callable[[list[str]]
     return parse
 
 
-def _arity(name: str, args: tuple[Any, ...], count: int) -> None:
-    if len(args) != count:
-        raise InputError(name, f"takes {count} argument(s), got {len(args)}")
-
-
-def _check_factorial(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("factorial", args, 1)
-    require_int("factorial", "n", args[0], 0, min(s.max_n, MAX_FACTORIAL_N))
-
-
-def _check_ids(name: str) -> Callable[[Settings, tuple[Any, ...]], None]:
-    def check(s: Settings, args: tuple[Any, ...]) -> None:
-        _arity(name, args, 1)
-        require_record_ids(name, args[0], s.max_fanout)
-
-    return check
-
-
-def _check_bounded(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("process_bounded", args, 2)
-    require_items("process_bounded", args[0], s.max_fanout)
-    require_int("process_bounded", "k", args[1], 1, s.max_fanout)
-
-
-def _check_crawl(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("crawl", args, 1)
-    url, _ = require_crawl_spec("crawl", args[0], s.max_crawl_depth)
-    if s.link_source == "synthetic":
-        from service.patterns.links import SyntheticGraph
-
-        problem = SyntheticGraph(s.synthetic_pages, s.synthetic_links).check_root(url)
-        if problem is not None:
-            raise InputError("crawl", problem)
-
-
-def _check_enrich_one(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("enrich_one", args, 1)
-    require_record_id("enrich_one", args[0])
-
-
-def _check_process_one(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("process_one", args, 1)
-    require_items("process_one", [args[0]], 1)
-
-
-def _check_fetch_links(s: Settings, args: tuple[Any, ...]) -> None:
-    _arity("fetch_links", args, 1)
-    require_url("fetch_links", args[0])
-
-
 PATTERNS: tuple[Pattern, ...] = (
     Pattern(
-        "factorial",
+        FACTORIAL,
         factorial.factorial,
         "N",
         "n! by recursive rpc; factorial-{n} promises are a permanent cache",
         _parse_factorial,
-        _check_factorial,
+        factorial.check_factorial,
+        key=lambda args: factorial.factorial_id(args[0]),
     ),
     Pattern(
-        "enrich_batch",
+        ENRICH_BATCH,
         enrich.enrich_batch,
         "ID [ID ...]",
         "enrich every id with a local child each; fails on the first error",
-        _parse_ids("enrich_batch"),
-        _check_ids("enrich_batch"),
+        _parse_ids(ENRICH_BATCH),
+        enrich.check_enrich_batch,
     ),
     Pattern(
-        "parallel_enrich",
+        PARALLEL_ENRICH,
         enrich.parallel_enrich,
         "ID [ID ...]",
         "enrich every id with an rpc to the enrichment target group",
-        _parse_ids("parallel_enrich"),
-        _check_ids("parallel_enrich"),
+        _parse_ids(PARALLEL_ENRICH),
+        enrich.check_parallel_enrich,
     ),
     Pattern(
-        "enrich_tolerant",
+        ENRICH_TOLERANT,
         enrich.enrich_tolerant,
         "ID [ID ...]",
         "enrich every id, collecting per-id success or error in input order",
-        _parse_ids("enrich_tolerant"),
-        _check_ids("enrich_tolerant"),
+        _parse_ids(ENRICH_TOLERANT),
+        enrich.check_enrich_tolerant,
     ),
     Pattern(
-        "process_bounded",
+        PROCESS_BOUNDED,
         bounded.process_bounded,
         "K ITEM [ITEM ...]",
         "square every item with at most K children in flight",
         _parse_bounded,
-        _check_bounded,
+        bounded.check_process_bounded,
+        arity=2,
     ),
     Pattern(
-        "crawl",
+        CRAWL,
         crawl.crawl,
         "URL [DEPTH]",
         "crawl a link graph breadth-first down to DEPTH hops (default 1)",
         _parse_crawl,
-        _check_crawl,
+        crawl.check_crawl,
     ),
     Pattern(
-        "enrich_one",
+        ENRICH_ONE,
         enrich.enrich_one,
         "ID",
         "enrich one record (the fan-out leaf)",
-        _parse_one("enrich_one", _record_id),
-        _check_enrich_one,
+        _parse_one(ENRICH_ONE, _record_id),
+        enrich.check_enrich_one,
     ),
     Pattern(
-        "process_one",
+        PROCESS_ONE,
         bounded.process_one,
         "ITEM",
         "square one item (the bounded fan-out leaf)",
-        _parse_one("process_one", lambda t: _int(t, "ITEM")),
-        _check_process_one,
+        _parse_one(PROCESS_ONE, lambda t: _int(t, "ITEM")),
+        bounded.check_process_one,
     ),
     Pattern(
-        "fetch_links",
+        FETCH_LINKS,
         crawl.fetch_links,
         "URL",
         "the links of one page (the crawl leaf)",
-        _parse_one("fetch_links", str),
-        _check_fetch_links,
+        _parse_one(FETCH_LINKS, str),
+        crawl.check_fetch_links,
     ),
 )
 
@@ -258,16 +203,9 @@ BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
 
 #: Functions the patterns call as children (``ctx.run`` or ``ctx.rpc``), each
 #: counted as a ``child`` call; a worker creates their series up front.
-CHILD_FUNCTIONS = (
-    "factorial",
-    "factorial_publish",
-    "enrich_one",
-    "process_one",
-    "fetch_links",
-    "crawl_level",
-)
+CHILD_FUNCTIONS = (FACTORIAL, FACTORIAL_PUBLISH, ENRICH_ONE, PROCESS_ONE, FETCH_LINKS, CRAWL_LEVEL)
 #: Functions whose keyed cache a lookup leaf reads, counted as ``lookup`` calls.
-LOOKUP_FUNCTIONS = ("factorial",)
+LOOKUP_FUNCTIONS = (FACTORIAL,)
 
 
 def pattern(name: str) -> Pattern:

@@ -1,19 +1,25 @@
-"""Input validation shared by the patterns and the client.
+"""Input validation shared by the patterns, the client, the CLI and the HTTP API.
 
-Each check raises :class:`~service.errors.InputError` naming the function,
-the argument and what was expected. The same checks run twice on purpose:
-in ``call`` before a promise is created (so a typo never becomes a stored
-rejection under a keyed id) and inside each durable function (so any other
-client gets the same clear rejection, never a retry loop).
+Each ``require_*`` check raises :class:`~service.errors.InputError` naming
+the function, the argument and what was expected. Every pattern module
+composes them into one ``check_*`` function per durable function, and that
+one function runs on both sides on purpose: in the client (``call``, the
+HTTP API) before a promise is created, so a typo never becomes a stored
+rejection under a keyed id, and first thing inside the durable function, so
+any other client gets the same clear rejection, never a retry loop.
+
+:func:`require_int` is the one integer check of values. Command-line words
+are text: :func:`word_value` is the one place a word becomes an integer.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
-from service.errors import InputError
+from service.errors import InputError, UsageError
 
 #: Longest record id accepted by the enrichment patterns.
 MAX_RECORD_ID_CHARS = 128
@@ -76,6 +82,25 @@ def _max_factorial_n() -> int:
 #: Largest n factorial can ever serve (1558; derived in :func:`_max_factorial_n`).
 #: ``RESONATE_PATTERNS_MAX_N`` is validated against it.
 MAX_FACTORIAL_N = _max_factorial_n()
+
+
+#: A word the command line passes as an integer (anything else stays text).
+_INT_WORD = re.compile(r"^-?\d+$")
+
+
+def word_value(token: str, what: str) -> int | str:
+    """A command-line word as a call argument: an int if it reads as one, else the word.
+
+    ``what`` names the word in the error: an integer of more digits than
+    Python converts (:data:`MAX_VALUE_DIGITS`) is a UsageError, as no
+    pattern could take it.
+    """
+    if not _INT_WORD.match(token):
+        return token
+    try:
+        return int(token)
+    except ValueError:
+        raise UsageError(f"{what} has too many digits ({len(token)})") from None
 
 
 def _describe(value: object) -> str:

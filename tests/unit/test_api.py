@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from resonate.error import ServerError
 
-from service import api as api_module
 from service.api import (
     DEFAULT_WAIT_SECONDS,
     MAX_BODY_BYTES,
@@ -30,6 +29,7 @@ from service.api import (
     parse_invocation,
     parse_timeout,
 )
+from service.api import routes as api_routes
 from service.errors import AuthRefusedError
 from service.patterns.registry import PATTERNS
 from service.runtime import build_runtime
@@ -391,7 +391,7 @@ async def test_post__server_refuses_token__502(serve: Any, monkeypatch: pytest.M
     async def refused(*_: Any, **__: Any) -> Any:
         raise AuthRefusedError(401, "Unauthorized", "factorial-3")
 
-    monkeypatch.setattr(api_module, "invoke", refused)
+    monkeypatch.setattr(api_routes, "submit", refused)
     served = await serve()
     status, body, _ = await served.post("factorial", {"args": [3]})
     assert status == 502
@@ -408,7 +408,7 @@ async def test_server_unreachable__503_retry_after(
     async def failing(*_: Any, **__: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(api_module, "invoke", failing)
+    monkeypatch.setattr(api_routes, "submit", failing)
     served = await serve(describe=failing)
     status, body, resp = await served.post("factorial", {"args": [3]})
     assert (status, resp.headers["Retry-After"]) == (503, "1")
@@ -439,7 +439,7 @@ async def test_post__server_refuses_the_input__400_not_5xx(
     async def too_large(*_: Any, **__: Any) -> Any:
         raise ServerError(400, "param too large")
 
-    monkeypatch.setattr(api_module, "invoke", too_large)
+    monkeypatch.setattr(api_routes, "submit", too_large)
     served = await serve()
     status, body, _ = await served.post("factorial", {"args": [3]})
     assert status == 400
@@ -505,7 +505,7 @@ async def test_get__server_never_answers__503_within_the_describe_timeout(
     async def hanging(*_: Any, **__: Any) -> Any:
         await asyncio.sleep(3600)
 
-    monkeypatch.setattr(api_module, "DESCRIBE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(api_routes, "DESCRIBE_TIMEOUT_SECONDS", 0.2)
     served = await serve(describe=hanging)
     started = time.monotonic()
     status, body = await served.get("/v1/promises/factorial-3")
@@ -525,3 +525,23 @@ async def test_post__timeout_shorter_than_the_create__202_location_always_exists
     status, found = await served.get(body["location"])
     assert status == 200  # the call was stored before the 202, never a dangling Location
     assert found["id"] == "tiny-wait"
+
+
+async def test_post__input_checked_once_by_the_client_side(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.patterns import registry
+
+    checked: list[tuple[Any, ...]] = []
+    target = registry.pattern("factorial")
+
+    def counting(settings: Any, *args: Any) -> object:
+        checked.append(args)
+        return target.check(settings, *args)
+
+    monkeypatch.setitem(registry.BY_NAME, "factorial", replace(target, check=counting))
+    served = await serve()
+    status, body, _ = await served.post("factorial", {"args": [5]})
+    assert (status, body["result"]) == (200, 120)
+    # The durable function runs the same check itself, not through the registry.
+    assert checked == [(5,)]

@@ -42,6 +42,10 @@ BAD: list[tuple[str, tuple[Any, ...], str]] = [
     ("crawl", ({"url": SYNTH, "deep": 1},), "crawl: unknown crawl fields: deep"),
     ("crawl", ("https://x",), 'crawl: expected an object {"url": ..., "depth": ...}'),
     ("crawl", ({"url": "https://example.com", "depth": 1},), "is not in the synthetic graph"),
+    ("enrich_one", (2.5,), "enrich_one: record ids must be integers or strings, got float 2.5"),
+    ("process_one", ("4",), "process_one: item must be an integer, got str '4'"),
+    ("process_one", (2**63,), "process_one: item must be <= 9223372036854775807"),
+    ("fetch_links", ("ftp://x",), "fetch_links: url must start with http:// or https://"),
 ]
 
 
@@ -71,6 +75,27 @@ def test_client_check__bad_input__same_message_before_anything_is_stored(
     with pytest.raises(InputError) as err:
         pattern(name).validate(make_settings(), args)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("token", "value"),
+    [("20", 20), ("-3", -3), (" 7", " 7"), ("abc", "abc"), ("1,2", "1,2"), ("", "")],
+)
+def test_word_value__integer_words_become_ints_other_words_stay_text(
+    token: str, value: int | str
+) -> None:
+    from service.patterns.validation import word_value
+
+    assert word_value(token, "N") == value
+    assert type(word_value(token, "N")) is type(value)
+
+
+def test_word_value__more_digits_than_python_converts__usage_error_naming_the_word() -> None:
+    from service.errors import UsageError
+    from service.patterns.validation import word_value
+
+    with pytest.raises(UsageError, match=r"^ID has too many digits \(5000\)$"):
+        word_value("1" * 5000, "ID")
 
 
 async def test_wrong_arity__rejected_not_retried(embedded: Any) -> None:

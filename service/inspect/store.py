@@ -1,4 +1,4 @@
-"""Look at a call that is running or finished: its promise and the promises under it.
+"""Read a call that is running or finished: its promise and the promises under it.
 
 Everything here reads the store through the SDK's public promises client
 (``Resonate.promises``: ``promise.get`` and ``promise.search``), so it works
@@ -20,9 +20,9 @@ Only server-given cursors are followed after that: a made-up cursor (such as
 ``root;`` to skip a subtree) is not safe on a Postgres-backed official
 server, whose id order follows the database collation, not bytes.
 
-The second half of the module renders these facts for people (``get``,
-``ls``, the progress line of ``call``, ``call --summary``): pure functions,
-tested without a server.
+The facts come back as JSON-ready dicts (what ``get --json`` and
+``GET /v1/promises/{id}`` answer); :mod:`service.inspect.render` turns them
+into text for people.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resonate.error import ConnectorError, ServerError
 
 from service.connector.envelopes import SETTLED_STATES
-from service.errors import AuthRefusedError, ResonatePatternsError
+from service.errors import AuthRefusedError, ResonatePatternsError, ServerUnreachableError
+from service.inspect.render import shorten
 from service.patterns.factorial import CACHE_TAG
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 PAGE = 1000
 #: Longest ``args`` text a description carries (the full arguments are in the store).
 ARGS_CHARS = 120
-#: Items shown by a summary of a list or an object.
-SUMMARY_ITEMS = 3
-#: A result whose compact JSON is at most this long is printed whole even with --summary.
-SMALL_RESULT_CHARS = 100
 
 _ORIGIN = "resonate:origin"
 
@@ -108,18 +104,6 @@ class PromiseNotFoundError(ResonatePatternsError):
         super().__init__(f"no promise {promise_id!r} {where}")
 
 
-class ServerUnreachableError(ResonatePatternsError):
-    """The Resonate server did not answer (connection refused, reset, no route)."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
-        super().__init__(f"cannot reach the Resonate server at {url}: {reason}")
-
-
-# ----------------------------------------------------------------------- reading
-
-
 @contextlib.asynccontextmanager
 async def reader(settings: Settings) -> AsyncIterator[Runtime]:
     """A client runtime for reading the store only; closed on exit.
@@ -137,7 +121,7 @@ async def reader(settings: Settings) -> AsyncIterator[Runtime]:
         yield runtime
     except ConnectorError as exc:
         url = settings.resonate_url or "(embedded)"
-        raise ServerUnreachableError(url, _reason(exc.error)) from None
+        raise ServerUnreachableError(url, _reason(exc.error), advice=False) from None
     finally:
         await runtime.stop()
 
@@ -354,161 +338,3 @@ async def list_invocations(
             )
     found.sort(key=lambda e: (-e["created_at"], e["id"]))
     return found[:limit]
-
-
-# --------------------------------------------------------------------- rendering
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut."""
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
-
-
-def format_ms(ms: float) -> str:
-    """A duration for people: ``12 ms``, ``2.3 s``, ``4m05s``."""
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s"
-
-
-def format_time(epoch_ms: int) -> str:
-    """A server timestamp in this machine's local time, to the second."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_ms / 1000))
-
-
-def summarize(value: Any, items: int = SUMMARY_ITEMS) -> dict[str, Any]:
-    """A compact, JSON-ready picture of a (large) result: its shape, counts, first items.
-
-    A list gives ``count`` and its ``first`` items, plus ``ok``/``failed``
-    counts when its items carry an ``ok`` flag (``enrich_tolerant``); an
-    object gives its key count and each of its first keys summarized one
-    level down; anything else is itself (a long string is cut).
-    """
-    if isinstance(value, list):
-        out: dict[str, Any] = {"type": "list", "count": len(value), "first": value[:items]}
-        flags = [v.get("ok") for v in value if isinstance(v, dict)]
-        if flags and len(flags) == len(value) and all(isinstance(f, bool) for f in flags):
-            out["ok"] = sum(flags)
-            out["failed"] = len(flags) - out["ok"]
-        return out
-    if isinstance(value, dict):
-        first = {k: _brief(v) for k, v in list(value.items())[: max(items, 4)]}
-        return {"type": "object", "keys": len(value), "first": first}
-    if isinstance(value, str):
-        return {"type": "string", "length": len(value), "value": shorten(value, 200)}
-    return {"type": type(value).__name__, "value": value}
-
-
-def _brief(value: Any) -> Any:
-    if isinstance(value, list):
-        return f"list of {len(value)} items"
-    if isinstance(value, dict):
-        return f"object with {len(value)} keys"
-    if isinstance(value, str):
-        return shorten(value, 80)
-    return value
-
-
-def summary_lines(value: Any) -> list[str]:
-    """:func:`summarize` as text lines (the value itself when it is small)."""
-    compact = json.dumps(value)
-    if len(compact) <= SMALL_RESULT_CHARS:
-        return [compact]
-    s = summarize(value)
-    if s["type"] == "list":
-        head = f"list of {s['count']} items"
-        if "ok" in s:
-            head += f" ({s['ok']} ok, {s['failed']} failed)"
-        lines = [head + (f"; first {len(s['first'])}:" if s["first"] else "")]
-        lines += [f"  {shorten(json.dumps(item), 100)}" for item in s["first"]]
-        if s["count"] > len(s["first"]):
-            lines.append(f"  ... {s['count'] - len(s['first'])} more")
-        return lines
-    if s["type"] == "object":
-        lines = [f"object with {s['keys']} keys:"]
-        lines += [f"  {k}: {shorten(json.dumps(v), 100)}" for k, v in s["first"].items()]
-        if s["keys"] > len(s["first"]):
-            lines.append(f"  ... {s['keys'] - len(s['first'])} more keys")
-        return lines
-    return [shorten(compact, 200)]
-
-
-def full_result_command(promise_id: str) -> str:
-    """The command that prints a call's whole result."""
-    return f"resonate-patterns get {promise_id} --json"
-
-
-def full_result_hint(promise_id: str) -> str:
-    return f"full result: {full_result_command(promise_id)}"
-
-
-#: Said instead of :func:`full_result_hint` when the store ends with the process.
-NOT_KEPT_HINT = (
-    "full result: not kept (in-memory embedded store); use --json, "
-    "or set RESONATE_PATTERNS_EMBEDDED_STORE or RESONATE_URL"
-)
-
-
-def progress_text(label: str, settled: int, created: int, elapsed_seconds: float) -> str:
-    """The progress line of a waiting ``call`` (without the carriage return)."""
-    return f"{label}: {settled}/{created} children settled · {elapsed_seconds:.1f} s"
-
-
-def call_text(function: str | None, args: str | None) -> str:
-    """``factorial(20)`` from a function name and its JSON argument list text (maybe cut)."""
-    name = function or "-"
-    if args is None:
-        return name
-    inner = args[1:] if args.startswith("[") else args
-    inner = inner[:-1] if inner.endswith("]") and args.startswith("[") else inner
-    return f"{name}({inner})"
-
-
-def describe_lines(d: dict[str, Any], *, now_ms: int | None = None) -> list[str]:
-    """A description (:func:`describe`) as ``get`` prints it for people."""
-    call = call_text(d["pattern"], d["args"])
-    lines = [
-        f"{d['id']}  {d['state']}",
-        f"  kind      {d['kind']}" + (f" (under {d['root']})" if d["kind"] == "child" else ""),
-        f"  pattern   {call}",
-    ]
-    if d["state"] == "resolved":
-        value = summary_lines(d["value"])
-        lines.append(f"  value     {value[0]}")
-        lines += [f"            {line}" for line in value[1:]]
-        if len(value) > 1:
-            lines.append(f"            ({full_result_hint(d['id'])})")
-    elif d["error"] is not None:
-        lines.append(f"  error     {d['error']}")
-    lines.append(f"  created   {format_time(d['created_at'])}")
-    if d["settled_at"] is not None:
-        lines.append(
-            f"  settled   {format_time(d['settled_at'])} (took {format_ms(d['duration_ms'])})"
-        )
-    else:
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        lines.append(f"  running   for {format_ms(max(0, now - d['created_at']))}")
-    c = d["children"]
-    lines.append(
-        f"  children  {c['created']} created, {c['settled']} settled, {c['pending']} pending"
-    )
-    return lines
-
-
-def invocation_line(e: dict[str, Any], *, now_ms: int | None = None) -> str:
-    """One ``ls`` line: id, state, pattern and args, start time, duration (or age)."""
-    if e["duration_ms"] is not None:
-        took = format_ms(e["duration_ms"])
-    else:
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        took = "running " + format_ms(max(0, now - e["created_at"]))
-    call = call_text(e["pattern"], shorten(e["args"], 40) if e["args"] else None)
-    return f"{e['id']:<34} {e['state']:<17} {format_time(e['created_at'])}  {took:>14}  {call}"
-
-
-#: The header over :func:`invocation_line` rows.
-LS_HEADER = f"{'ID':<34} {'STATE':<17} {'CREATED':<19}  {'TOOK':>14}  CALL"
