@@ -13,7 +13,7 @@ One function decides the wiring from :class:`~service.config.Settings`:
   the group's work is never delivered to a client that cannot run it.
 
 Either way the SDK reports to this process's telemetry through its own hooks
-(:mod:`service.telemetry.observer`): the observer (``Resonate(observer=...)``:
+(:mod:`service.connector.observer`): the observer (``Resonate(observer=...)``:
 first runs of ``ctx.run`` children, background failures, dropped records)
 and the lease heartbeat (``start(task_id, version)`` once per task
 execution). Every pattern is registered for embedded runs and workers, with
@@ -34,6 +34,7 @@ from resonate.retry import Never
 from service.connector.drain import DrainGate
 from service.connector.heartbeat import LeaseHeartbeat
 from service.connector.http import PooledHttpNetwork
+from service.connector.observer import CountingHeartbeat, SdkObserver
 from service.connector.sdk import (
     NoopHeartbeat,
     install_execution_slots,
@@ -46,7 +47,6 @@ from service.patterns.links import HttpLinks, LinkSource, SyntheticGraph
 from service.patterns.registry import CHILD_FUNCTIONS, LOOKUP_FUNCTIONS, PATTERNS, register_all
 from service.telemetry.instrument import Telemetry
 from service.telemetry.metrics import WorkerMetrics
-from service.telemetry.observer import CountingHeartbeat, SdkObserver
 
 if TYPE_CHECKING:
     from service.config import Settings

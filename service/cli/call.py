@@ -62,15 +62,16 @@ def check_call_options(ns: argparse.Namespace) -> None:
 
     if not 0 < ns.timeout < float("inf"):  # also refuses nan
         raise UsageError(f"--timeout must be positive (seconds), got {ns.timeout:g}")
-    pid = ns.promise_id
-    if pid is None:
+    promise_id = ns.promise_id
+    if promise_id is None:
         return
-    if not pid:
+    if not promise_id:
         raise UsageError("--id must not be empty")
-    if len(pid) > MAX_ROOT_ID_CHARS:
-        raise UsageError(f"--id must have at most {MAX_ROOT_ID_CHARS} characters, got {len(pid)}")
+    if len(promise_id) > MAX_ROOT_ID_CHARS:
+        msg = f"--id must have at most {MAX_ROOT_ID_CHARS} characters, got {len(promise_id)}"
+        raise UsageError(msg)
     try:
-        pid.encode("utf-8")
+        promise_id.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError("--id must be valid UTF-8 text (it holds a lone surrogate)") from None
 
@@ -190,7 +191,7 @@ async def _progress(
 
 
 async def run_call(settings: Settings, ns: argparse.Namespace) -> int:
-    from service.client import invoke, promise_id_for
+    from service.client import prepare_call, submit
     from service.inspect import progress
     from service.runtime import build_runtime
 
@@ -199,19 +200,17 @@ async def run_call(settings: Settings, ns: argparse.Namespace) -> int:
         return await _call_api(ns)
     target = pattern(ns.pattern)
     args = _call_args(ns)
-    # Checked here too (invoke checks again) so bad input fails before a store
-    # is opened or a server connected to.
-    target.validate(settings, args)
-    pid = promise_id_for(target, args, ns.promise_id)
+    # Checked once, before a store is opened or a server connected to.
+    promise_id = prepare_call(target, settings, args, ns.promise_id)
     runtime = build_runtime(settings, role="client")
     runtime.start()
 
     async def poll() -> tuple[int, int]:
-        return await progress(runtime, pid)
+        return await progress(runtime, promise_id)
 
     try:
-        async with _progress(ns, pid, poll):
-            result = await invoke(runtime, target, args, promise_id=pid, wait_seconds=ns.timeout)
+        async with _progress(ns, promise_id, poll):
+            result = await submit(runtime, target, args, promise_id, wait_seconds=ns.timeout)
     finally:
         await runtime.stop()
     _print_call(result.as_dict(), ns, kept=not forgets(settings))
@@ -287,16 +286,19 @@ async def _call_api(ns: argparse.Namespace) -> int:
             raise ApiCallError(
                 base, f"the worker API answered {status}: {_api_error(status, answer)}", status
             )
-        pid = answer["id"]
-        path = location or answer.get("location") or f"/v1/promises/{urllib.parse.quote(pid)}"
-        found = await _poll_api(session, urllib.parse.urljoin(base + "/", path), pid, deadline, ns)
+        promise_id = answer["id"]
+        quoted = urllib.parse.quote(promise_id)
+        path = location or answer.get("location") or f"/v1/promises/{quoted}"
+        url = urllib.parse.urljoin(base + "/", path)
+        found = await _poll_api(session, url, promise_id, deadline, ns)
     if found is None:
-        raise WaitTimeoutError(pid, ns.timeout)
+        raise WaitTimeoutError(promise_id, ns.timeout)
     if found.get("state") != "resolved":
-        raise ApiCallError(base, f"{pid} was rejected: {found.get('error') or found.get('state')}")
+        reason = found.get("error") or found.get("state")
+        raise ApiCallError(base, f"{promise_id} was rejected: {reason}")
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
     result = {
-        "id": pid,
+        "id": promise_id,
         "pattern": ns.pattern,
         "result": found.get("value"),
         "cached": False,
@@ -318,7 +320,7 @@ def _unreachable(base: str, exc: BaseException) -> str:
 
 
 async def _poll_api(
-    session: Any, url: str, pid: str, deadline: float, ns: argparse.Namespace
+    session: Any, url: str, promise_id: str, deadline: float, ns: argparse.Namespace
 ) -> dict[str, Any] | None:
     """GET ``url`` until the promise settles (its description) or ``deadline`` (None)."""
     import aiohttp
@@ -328,7 +330,7 @@ async def _poll_api(
     async def poll() -> tuple[int, int]:
         return latest["settled"], latest["created"]
 
-    async with _progress(ns, pid, poll):
+    async with _progress(ns, promise_id, poll):
         while time.monotonic() < deadline:
             try:
                 async with session.get(url) as resp:
@@ -345,7 +347,7 @@ async def _poll_api(
             elif status not in (503, 504):  # 503: worker draining or server down; retry
                 raise ApiCallError(
                     url,
-                    f"polling {pid}: the worker API answered {status}: "
+                    f"polling {promise_id}: the worker API answered {status}: "
                     f"{_api_error(status, answer)}",
                     status,
                 )

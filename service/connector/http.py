@@ -45,6 +45,8 @@ import httptools
 from resonate.error import ConnectorError
 from resonate.retry import ExponentialBackoff
 
+from service.errors import ResonatePatternsError
+
 if TYPE_CHECKING:
     from resonate.retry import Backoff
 
@@ -104,7 +106,7 @@ def _forwarded(name: str) -> bool:
     return bool(_TOKEN.match(name)) and name.lower() not in _OWN_HEADERS
 
 
-class ConnectionLostError(Exception):
+class ConnectionLostError(ResonatePatternsError):
     """The server closed or reset the connection before the reply was complete."""
 
 

@@ -41,7 +41,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from service.errors import ConfigError, UsageError
+from service.errors import ConfigError, ResonatePatternsError, UsageError
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ _BY_ID = frozenset(
 type Refusal = tuple[int, str]
 
 
-class TokenRejected(Exception):
+class TokenRejected(ResonatePatternsError):
     """A token failed authentication; ``reason`` says why (for the log only)."""
 
     def __init__(self, reason: str) -> None:

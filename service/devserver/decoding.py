@@ -17,13 +17,15 @@ from typing import Annotated, ClassVar, get_args, get_origin
 
 import msgspec
 
+from service.errors import ResonatePatternsError
+
 #: A missing key, as rules see it (distinct from an explicit ``null``).
 ABSENT = object()
 #: Words the refusal of one field from its raw value (or :data:`ABSENT`).
 type Rule = Callable[[object], str]
 
 
-class Fail(Exception):
+class Fail(ResonatePatternsError):
     """Abort the current request with ``status`` and a plain-string message."""
 
     def __init__(self, status: int, message: str) -> None:

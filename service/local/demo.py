@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from service.client import CallResult, invoke
 from service.local.supervisor import Stack, plan_stack
+from service.patterns.bounded import PROCESS_BOUNDED
+from service.patterns.crawl import CRAWL
+from service.patterns.enrich import ENRICH_TOLERANT
+from service.patterns.factorial import FACTORIAL
 from service.patterns.links import SyntheticGraph
 from service.patterns.registry import pattern
 from service.runtime import build_runtime
@@ -27,21 +31,21 @@ DEMO_WORKERS = 3
 
 #: The tour: (pattern, arguments). Chosen to show computed vs cached results.
 STEPS: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    ("factorial", (20,)),
-    ("factorial", (20,)),
-    ("factorial", (12,)),
-    ("enrich_tolerant", ([1, 2, "missing-3", 4],)),
-    ("process_bounded", ([1, 2, 3, 4, 5, 6, 7, 8], 3)),
-    ("crawl", ({"url": SyntheticGraph.url(0), "depth": 2},)),
+    (FACTORIAL, (20,)),
+    (FACTORIAL, (20,)),
+    (FACTORIAL, (12,)),
+    (ENRICH_TOLERANT, ([1, 2, "missing-3", 4],)),
+    (PROCESS_BOUNDED, ([1, 2, 3, 4, 5, 6, 7, 8], 3)),
+    (CRAWL, ({"url": SyntheticGraph.url(0), "depth": 2},)),
 )
 
 
 def describe(result: CallResult) -> str:
     """One line per step: id, a short form of the result, cached or computed, time."""
     value = result.result
-    if result.pattern == "crawl":
+    if result.pattern == CRAWL:
         short = f"{value['visited']} pages visited down to depth {value['depth']}"
-    elif result.pattern == "enrich_tolerant":
+    elif result.pattern == ENRICH_TOLERANT:
         ok = sum(1 for r in value if r["ok"])
         errors = "; ".join(r["error"] for r in value if not r["ok"])
         short = f"{ok} enriched, {len(value) - ok} failed ({errors})"

@@ -188,7 +188,7 @@ class Stack:
         self.server = self._server_child(plan.server_port)
         self.workers: list[Child] = []
         self._next_worker = 1
-        self._log = get_logger("service.stack")
+        self._log = get_logger("service.local.supervisor")
         self._spare_ports = list(plan.worker_ports)
 
     @property

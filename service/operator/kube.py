@@ -16,12 +16,14 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from service.errors import ResonatePatternsError
+
 GROUP = "resonate-patterns.io"
 VERSION = "v1alpha1"
 PLURAL = "workerautoscalers"
 
 
-class TargetMissingError(Exception):
+class TargetMissingError(ResonatePatternsError):
     """The scale target (a Deployment) does not exist."""
 
 

@@ -3,7 +3,7 @@
 A child's call is counted where the fact is known, not here: the SDK reports
 a child create that went to the server and came back pending (the call is
 made for the first time) and the child's instrumented body counts the miss
-when it starts (see :mod:`service.telemetry.observer` and
+when it starts (see :mod:`service.connector.observer` and
 :mod:`service.telemetry.instrument`). A parent that replays re-reads its
 finished children from the store and counts nothing.
 """

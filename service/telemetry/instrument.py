@@ -13,7 +13,7 @@ Depth is read from the promise id: the SDK mints child ids as
 The wrapper also counts child calls (``promise_cache_misses_total{kind="child"}``
 and, for a cache-lookup leaf, ``kind="lookup"``), exactly once per call: a
 body run is the first run of its call only when the SDK said so beforehand
-(:mod:`service.telemetry.observer` marks the id through
+(:mod:`service.connector.observer` marks the id through
 :meth:`Telemetry.expect_first_run`); every other run of a body (a replay of a
 suspended parent, a resume, a retry of a failed leaf, a redirect) counts
 nothing. See docs/metrics.md for the semantics.

@@ -434,11 +434,16 @@ def test_peering_name__differs_between_releases_and_namespaces(values: str) -> N
         rendered = render(CI_VALUES[values], release=release, namespace=namespace)
         (operator,) = rendered.component("Deployment", "operator")
         names.add(load_settings(literal_env(container_of(operator), namespace)).operator_peering)
-    assert names == {
-        "rp-resonate-patterns-operator",
-        "other-resonate-patterns-operator",
-    } if values == "operator-ha" else {
-        "team-a-rp-resonate-patterns-operator",
-        "team-b-rp-resonate-patterns-operator",
-        "team-a-other-resonate-patterns-operator",
-    }
+    assert (
+        names
+        == {
+            "rp-resonate-patterns-operator",
+            "other-resonate-patterns-operator",
+        }
+        if values == "operator-ha"
+        else {
+            "team-a-rp-resonate-patterns-operator",
+            "team-b-rp-resonate-patterns-operator",
+            "team-a-other-resonate-patterns-operator",
+        }
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import structlog
 
+from service.connector.observer import CountingHeartbeat, SdkObserver
 from service.connector.sdk import BackgroundTaskFailed, Dropped, PromiseCreateReturned
 from service.telemetry.instrument import Telemetry
 from service.telemetry.metrics import WorkerMetrics
-from service.telemetry.observer import CountingHeartbeat, SdkObserver
 
 
 def _value(metrics: WorkerMetrics, name: str, **labels: str) -> float:
