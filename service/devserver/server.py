@@ -44,6 +44,7 @@ from service.devserver.auth import UNAUTHORIZED, Verifier
 from service.devserver.dispatch import Reply
 from service.devserver.engine import Engine
 from service.devserver.fastpath import ApiFastPath
+from service.devserver.grace import LOGGED_IDS, ReconnectGrace
 from service.devserver.hub import CAPACITY_HEADER, Hub
 from service.devserver.metrics import ServerMetrics
 from service.devserver.store import MEMORY
@@ -65,8 +66,6 @@ _JSON = "application/json"
 _STOP_GRACE_SECONDS = 5.0
 #: The official server's variable for the retry timeout (ms), honoured by ``server``.
 ENV_RETRY_TIMEOUT = "RESONATE_TASKS__RETRY_TIMEOUT"
-#: Most task ids listed in one ``worker_disconnected`` or ``worker_released`` log event.
-_LOGGED_IDS = 100
 #: How long a process whose last stream closed has to open one again before
 #: its leases are released. A live worker's stream (``EventStream``) reconnects
 #: 0.1 s after it ends, and 0.3 s / 0.7 s after that if those attempts fail:
@@ -75,8 +74,6 @@ _LOGGED_IDS = 100
 #: closes (instead of a 60 s lease TTL).
 DEFAULT_RELEASE_GRACE_SECONDS = 1.5
 
-#: Why a process's leases were released after its last stream closed.
-ReleaseReason = Literal["grace_elapsed", "server_stopping"]
 #: What happened to a process's leases when one of its streams closed.
 ReleaseOutcome = Literal[
     "after_grace", "immediate", "other_stream_open", "disabled", "server_stopping"
@@ -134,10 +131,8 @@ class DevServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._fast: set[ApiFastPath] = set()
-        #: pid -> the release of its leases, due when the grace runs out.
-        self._pending_releases: dict[str, _PendingRelease] = {}
-        #: Releases whose grace ran out and that are being applied (``stop`` waits).
-        self._releasing: set[asyncio.Task[None]] = set()
+        #: Releases of disconnected processes' leases, waiting out the reconnect grace.
+        self.grace = ReconnectGrace(self.engine, self.hub)
         #: The tasks serving open event streams (``stop`` ends them), and
         #: whether there are none.
         self._streams: set[asyncio.Task[object]] = set()
@@ -197,7 +192,7 @@ class DevServer:
         # its timer (``up`` stops its workers before the server, so that
         # process has exited).
         self._stopping = True
-        await self._release_pending_now()
+        await self.grace.release_now()
         if self._listener is not None:
             self._listener.close()
             # Requests already read are answered (their changes are applied
@@ -212,8 +207,7 @@ class DevServer:
             self._listener = None
         # Releases already under way finish (their effects are committed)
         # before the store closes; no timer outlives the server.
-        await asyncio.gather(*self._releasing, return_exceptions=True)
-        await self._release_pending_now()
+        await self.grace.stop()
         await self.engine.stop()
         self._log.info("server_stopped")
 
@@ -283,7 +277,7 @@ class DevServer:
         await response.prepare(request)
         conn = self.hub.connect(group, pid, capacity)
         self._log.info("worker_connected", group=conn.group, pid=pid, capacity=capacity)
-        self._keep_leases(conn)
+        self.grace.keep(conn)
         keepalive = self.options.keepalive_seconds
         unacquired = self.engine.state.still_unacquired
         serving = asyncio.current_task()
@@ -335,7 +329,7 @@ class DevServer:
         will be re-sent by the timer) what it was sent.
 
         The leases are released only after the reconnect grace
-        (:meth:`_schedule_release`), because a live worker whose connection
+        (:class:`~service.devserver.grace.ReconnectGrace`), because a live worker whose connection
         dropped opens a new stream within 0.1 s and is still running the
         work it holds; releasing at once would hand that work to another
         worker (it would run twice) and fail the first worker's fenced writes
@@ -366,7 +360,7 @@ class DevServer:
             release = "server_stopping"
         elif grace > 0:
             release = "after_grace"
-            self._schedule_release(conn, grace)
+            self.grace.schedule(conn, grace)
         else:
             release = "immediate"
             with contextlib.suppress(Exception):
@@ -394,87 +388,13 @@ class DevServer:
             released_tasks=len(released),
             unacquired_tasks=len(stranded),
             resent_tasks=len(resent),
-            unacquired_task_ids=[t for t, _ in stranded[:_LOGGED_IDS]],
-        )
-
-    # ------------------------------------------------------- the reconnect grace
-
-    def _schedule_release(self, conn: Connection, grace: float) -> None:
-        """Release ``conn.pid``'s leases in ``grace`` seconds unless it reconnects first."""
-        loop = asyncio.get_running_loop()
-        earlier = self._pending_releases.pop(conn.pid, None)
-        if earlier is not None:  # cannot happen (a reconnect cancels it); never leak a timer
-            earlier.timer.cancel()
-        timer = loop.call_later(grace, self._release_due, conn.pid)
-        self._pending_releases[conn.pid] = _PendingRelease(conn.group, loop.time(), timer)
-
-    def _keep_leases(self, conn: Connection) -> None:
-        """A stream opened: cancel its process's release if one is pending."""
-        pending = self._pending_releases.pop(conn.pid, None)
-        if pending is None:
-            return
-        pending.timer.cancel()
-        self._log.info(
-            "worker_reconnected",
-            group=conn.group,
-            pid=conn.pid,
-            after_seconds=round(asyncio.get_running_loop().time() - pending.closed_at, 3),
-            leases_kept=len(self.engine.state.leases.get(conn.pid, ())),
-        )
-
-    def _release_due(self, pid: str) -> None:
-        """The grace ran out: release ``pid``'s leases (timer callback)."""
-        pending = self._pending_releases.pop(pid, None)
-        if pending is None or self._stopping:
-            return
-        task = asyncio.create_task(self._release(pid, pending, "grace_elapsed"))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
-
-    async def _release_pending_now(self) -> None:
-        """Apply every pending release at once (the server is stopping); leave no timer."""
-        due, self._pending_releases = self._pending_releases, {}
-        for pending in due.values():
-            pending.timer.cancel()
-        for pid, pending in due.items():
-            await self._release(pid, pending, "server_stopping")
-
-    async def _release(self, pid: str, pending: _PendingRelease, reason: ReleaseReason) -> None:
-        # Checked in the same step as the state change inside ``release_pid``,
-        # so a stream opened in between cannot lose its leases. Never
-        # cancelled: the change, once applied, is committed and delivered.
-        if self.hub.has_pid(pid):
-            return
-        try:
-            released = await self.engine.release_pid(pid)
-        except Exception as exc:
-            self._log.error("worker_release_failed", pid=pid, error=str(exc))
-            return
-        self._log.info(
-            "worker_released",
-            group=pending.group,
-            pid=pid,
-            reason=reason,
-            after_seconds=round(asyncio.get_running_loop().time() - pending.closed_at, 3),
-            released_tasks=len(released),
-            released_task_ids=released[:_LOGGED_IDS],
+            unacquired_task_ids=[t for t, _ in stranded[:LOGGED_IDS]],
         )
 
     @property
     def pending_releases(self) -> frozenset[str]:
         """Processes whose leases will be released unless they reconnect in time."""
-        return frozenset(self._pending_releases)
-
-
-@dataclass(frozen=True)
-class _PendingRelease:
-    """A release of one process's leases, waiting out the reconnect grace."""
-
-    #: The group of the stream that closed (for the log).
-    group: str
-    #: When it closed (event loop clock).
-    closed_at: float
-    timer: asyncio.TimerHandle
+        return self.grace.pending
 
 
 def _capacity(raw: str | None) -> int | Literal[False] | None:

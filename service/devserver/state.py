@@ -34,9 +34,6 @@ from sortedcontainers import SortedSet
 
 from service.devserver import dispatch
 from service.devserver.decoding import Fail
-
-# Re-exported: other packages' code and tests import these names from here.
-from service.devserver.dispatch import KINDS as KINDS
 from service.devserver.model import (
     Outgoing,
     Promise,
@@ -57,7 +54,6 @@ from service.devserver.protocol import (
     ValueRecord,
     value_record,
 )
-from service.devserver.protocol import MAX_ID_CHARS as MAX_ID_CHARS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

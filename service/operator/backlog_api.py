@@ -31,6 +31,7 @@ from prometheus_client import ProcessCollector
 from service.config import GROUP_RE
 from service.errors import UsageError
 from service.operator.backlog import (
+    EMPTY,
     Backlog,
     BacklogCapabilityError,
     BacklogReader,
@@ -114,7 +115,7 @@ class BacklogApi:
             snap = await self.snapshot()
         except BacklogReadError as exc:
             return web.json_response({"error": str(exc)}, status=503)
-        body = _body(group, snap.backlogs.get(group, Backlog(0, 0)))
+        body = _body(group, snap.backlogs.get(group, EMPTY))
         return web.json_response({**body, "scannedAt": _stamp(snap.scanned_at)})
 
     async def groups(self, _: web.Request) -> web.Response:

@@ -34,7 +34,7 @@ MAX_URL_CHARS = 2048
 #: local server encode values with Python's codecs.
 MAX_VALUE_DIGITS = sys.int_info.default_max_str_digits
 #: Longest promise id the local server stores (the official server has no
-#: limit; ``service.devserver.state.MAX_ID_CHARS`` is this value).
+#: limit; ``service.devserver.protocol.MAX_ID_CHARS`` is this value).
 SERVER_MAX_ID_CHARS = 8192
 #: Longest id a caller may give an invocation (``call --id``): long enough for
 #: any name, short enough that the ids the SDK mints below it (see

@@ -196,13 +196,13 @@ async def test_stop__pending_release_applied_at_once__shutdown_closes_release_no
     alive, alive_version = await _acquired_by(h, "alive", "other")
     await gone.close()
     await until(lambda: h.server.pending_releases == {"gone"})
-    timer = h.server._pending_releases["gone"].timer
+    timer = h.server.grace.due["gone"].timer
     stopping_at = time.monotonic()
     await h.server.stop()
     stopped_in = time.monotonic() - stopping_at
     assert timer.cancelled()
     assert h.server.pending_releases == frozenset()
-    assert h.server._releasing == set()
+    assert h.server.grace.releasing == set()
     assert h.server.engine.state.tasks["job"].state == "pending", "released, not left to TTL"
     # The worker still connected when the server stopped is alive: it keeps
     # its lease (and heartbeats it to the restarted server).

@@ -112,7 +112,7 @@ def test_max_factorial_n__derived_from_the_digit_and_id_limits() -> None:
     import math
     import sys
 
-    from service.devserver.state import MAX_ID_CHARS
+    from service.devserver.protocol import MAX_ID_CHARS
     from service.patterns.validation import (
         MAX_FACTORIAL_N,
         MAX_ROOT_ID_CHARS,

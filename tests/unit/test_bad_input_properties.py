@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from resonate_base import PROTOCOL_VERSION
 
+from service.devserver.dispatch import KINDS
 from service.devserver.server import DevServer, ServerOptions
-from service.devserver.state import KINDS
 from service.errors import InputError, UsageError
 from service.patterns.registry import PATTERNS, pattern
 from tests.conftest import make_settings

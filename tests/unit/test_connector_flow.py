@@ -20,8 +20,8 @@ from service.connector.drain import DrainGate
 from service.connector.sdk import ExecutionSlots
 from service.connector.sse import EventStream
 from service.devserver.hub import Hub
+from service.devserver.model import Outgoing
 from service.devserver.server import DevServer
-from service.devserver.state import Outgoing
 
 
 def _execute(task_id: str, version: int = 1) -> dict[str, Any]:
