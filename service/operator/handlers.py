@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 FINALIZER = "resonate-patterns.io/autoscaler"
 
 
+#: The component named on the Kubernetes Events the operator posts (kopf's default: "kopf").
+REPORTING_COMPONENT = "resonate-patterns-operator"
+
 #: Seconds between attempts to create the peering object while it cannot be (CRD not served).
 PEERING_RETRY_SECONDS = 2.0
 
@@ -40,6 +44,10 @@ PEERING_RETRY_SECONDS = 2.0
 def configure(settings: kopf.OperatorSettings, *, peering: Peering | None) -> None:
     """Operator-wide kopf settings."""
     settings.posting.level = logging.INFO  # scale events (kopf.info) reach Kubernetes
+    # Which operator wrote an Event: kopf's defaults ("kopf", "dev") are the same for every
+    # operator of every release; the host name is the pod's name in a cluster.
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = socket.gethostname()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="resonate-patterns.io"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from resonate_base import PROTOCOL_VERSION
 
-from service.operator.handlers import FINALIZER, build_registry, make_memo
+from service.operator.handlers import FINALIZER, REPORTING_COMPONENT, build_registry, make_memo
 from service.operator.loop import OperatorContext
 from service.operator.peering import Peering
 from service.telemetry.metrics import OperatorMetrics
@@ -365,6 +366,12 @@ async def test_backlog_grows__replicas_rise_with_event_and_status_then_fall_afte
         [event] = cluster.events("ScaledUp")
         assert event["involvedObject"]["kind"] == "WorkerAutoscaler"
         assert "workers: 1 -> 4 replicas" in event["message"]
+        # Which operator wrote it: this one's component and pod (host) name, not kopf's "dev".
+        assert (event["reportingComponent"], event["source"]) == (
+            REPORTING_COMPONENT,
+            {"component": REPORTING_COMPONENT},
+        )
+        assert event["reportingInstance"] == socket.gethostname()
         labels = {"autoscaler": "workers", "group": "workers"}
         assert (
             sample(
