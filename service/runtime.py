@@ -37,6 +37,7 @@ from service.connector.http import PooledHttpNetwork
 from service.connector.observer import CountingHeartbeat, SdkObserver
 from service.connector.sdk import (
     NoopHeartbeat,
+    abandon_jobs,
     install_execution_slots,
     make_sender,
     pending_jobs,
@@ -110,6 +111,10 @@ class Runtime:
     def pending_jobs(self) -> int:
         """Background jobs still running inside the SDK (executions, creates)."""
         return pending_jobs(self.resonate)
+
+    def abandon_jobs(self) -> int:
+        """Cancel the SDK's running jobs (a drain out of time); the server re-delivers them."""
+        return abandon_jobs(self.resonate)
 
     @property
     def connected(self) -> bool:

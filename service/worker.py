@@ -123,6 +123,10 @@ class Worker:
         released = self.api.in_flight
         # Callers still waiting get 202 and a Location now; new ones get 503.
         await self.api.close()
+        if left:
+            # Out of time: the SDK's stop would wait for every execution still
+            # running, however long; cancelled, their tasks go back to the server.
+            self.runtime.abandon_jobs()
         await self.runtime.stop()
         self._log.info(
             "worker_stopped",

@@ -97,6 +97,23 @@ def pending_jobs(resonate: Resonate) -> int:
     return len(jobs)
 
 
+def abandon_jobs(resonate: Resonate) -> int:
+    """Cancel the SDK's background jobs still running; how many there were.
+
+    For a drain that ran out of time: the SDK's ``stop`` joins every job, so
+    one long execution would otherwise hold the process until it ends (past
+    ``drainSeconds``, and in Kubernetes past the grace period, to a SIGKILL).
+    A cancelled execution never fulfills its task, so nothing is lost: the
+    server re-delivers it once the stream is gone (the reconnect grace on the
+    local server, the lease TTL on the official one).
+    """
+    jobs: Any = resonate._runtime.bg_tasks
+    running = [job for job in jobs if not job.done()]
+    for job in running:
+        job.cancel()
+    return len(running)
+
+
 class ExecutionSlots(asyncio.Semaphore):
     """The SDK's execution semaphore, counting what it holds and what waits for it.
 

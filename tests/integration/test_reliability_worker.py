@@ -8,6 +8,7 @@ backlog builds in seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -130,3 +131,40 @@ async def test_call_in_flight_during_15s_server_outage__completes_after_restart(
     result = await asyncio.wait_for(run, 60)
     assert result.result == math.factorial(n)
     assert (await asyncio.wait_for(late, 60)).result == math.factorial(n - 10)
+
+
+async def test_sigterm_with_a_step_longer_than_the_drain__exits_at_the_deadline__work_kept(
+    stacks: Any, clients: Any
+) -> None:
+    # One step takes 60 s; the drain gives 1 s. The SDK's own stop would wait the full
+    # step: the worker cancels what is still running at the deadline instead.
+    env = {"RESONATE_PATTERNS_STEP_DELAY_MS": "60000", "RESONATE_PATTERNS_DRAIN_SECONDS": "1"}
+    stack = await stacks(1, env=env)
+    client = clients(stack.plan.url)
+    run = asyncio.create_task(invoke(client, pattern("process_bounded"), ([7], 1)))
+    victim = stack.workers[0]
+    assert victim.pid is not None
+    assert victim.proc is not None
+    # The child execution is running (its step sleeps) once the worker counts it in flight.
+    running = 0.0
+    for _ in range(100):
+        samples = await scrape(worker_url(stack, 0))
+        running = total(samples, "resonate_patterns_executions_in_flight", function="process_one")
+        if running:
+            break
+        await asyncio.sleep(0.1)
+    assert running == 1
+    os.kill(victim.pid, signal.SIGTERM)
+    termed_at = time.monotonic()
+    assert await asyncio.wait_for(victim.proc.wait(), 15) == 0
+    exited_after = time.monotonic() - termed_at
+    assert exited_after < 5, f"exited {exited_after:.1f}s after SIGTERM (drain 1 s)"
+    stopped = [
+        json.loads(line)
+        for line in victim.log_path.read_text().splitlines()
+        if '"worker_stopped"' in line
+    ]
+    assert [(s["drained"], s["abandoned"] >= 1) for s in stopped] == [(False, True)]
+    # Nothing settled wrongly: the call is still pending, for another worker to finish.
+    assert not run.done()
+    run.cancel()
