@@ -4,14 +4,17 @@
   subresource, so the operator needs no write access to Deployments and puts
   no finalizer on them;
 * :func:`patch_status` merge-patches a WorkerAutoscaler's status subresource;
-* :func:`load_api_config` loads in-cluster credentials, else the kubeconfig.
+* :func:`load_api_config` loads in-cluster credentials, else the kubeconfig;
+* :func:`service_account_of` names the ServiceAccount those credentials are.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -66,6 +69,40 @@ async def patch_status(
         # A dict body would otherwise be sent as a JSON patch, which the API rejects.
         _content_type="application/merge-patch+json",  # type: ignore[call-arg]
     )
+
+
+@dataclass(frozen=True)
+class ServiceAccountRef:
+    """A ServiceAccount, as an owner reference needs it."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+def service_account_of(cfg: k8s.Configuration) -> ServiceAccountRef | None:
+    """The ServiceAccount the client authenticates as, from its bound token's claims.
+
+    A pod's token (and a TokenRequest token) is a JWT whose ``kubernetes.io``
+    claim names the account and its uid; the API server already checked it,
+    so it is only read here. None for any other credential (a kubeconfig
+    with a client certificate, a legacy token).
+    """
+    raw = str(cfg.api_key.get("BearerToken") or "").removeprefix("Bearer ").strip()
+    if not raw:
+        return None
+    try:
+        claims = jwt.decode(raw, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    kube = claims.get("kubernetes.io")
+    account = kube.get("serviceaccount") if isinstance(kube, dict) else None
+    if not isinstance(kube, dict) or not isinstance(account, dict):
+        return None
+    namespace, name, uid = kube.get("namespace"), account.get("name"), account.get("uid")
+    if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(uid, str)):
+        return None
+    return ServiceAccountRef(namespace, name, uid)
 
 
 async def load_api_config() -> k8s.Configuration:

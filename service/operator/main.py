@@ -27,7 +27,7 @@ from prometheus_client import ProcessCollector
 from service import __version__
 from service.errors import UsageError
 from service.operator.handlers import build_registry, make_memo
-from service.operator.kube import load_api_config
+from service.operator.kube import load_api_config, service_account_of
 from service.operator.loop import OperatorContext
 from service.operator.peering import Peering
 from service.signals import stop_on_signals
@@ -107,7 +107,12 @@ async def run_operator(
     peering = (
         None
         if name is None or name == "standalone"
-        else Peering(name, () if clusterwide else tuple(namespaces))
+        else Peering(
+            name,
+            () if clusterwide else tuple(namespaces),
+            labels=settings.operator_selector or (),
+            owner=service_account_of(api_config),
+        )
     )
     priority = 0 if peering is None else random.SystemRandom().randint(1, PRIORITIES)
     log = get_logger("service.operator")

@@ -7,7 +7,10 @@ object rendered in the same release as its CRD fails Helm's first install
 ("resource mapping not found"), and the CRD is in the release only when
 peering is on. So the operator creates its own object at startup, before kopf
 starts acting, and :func:`keep_peering` recreates it if it goes away (an
-upgrade from chart 0.4.0 deletes the object the chart used to own).
+upgrade from chart 0.4.0 deletes the object the chart used to own). A
+KopfPeering in the operator's own namespace is owned by the operator's
+ServiceAccount, so it goes when the release is uninstalled; it carries the
+operator's selector labels, so it lists with the release's other objects.
 
 kopf reads the CRDs once at startup (the operator runs with CRD scanning off),
 so :class:`Peering.ensure` failing because the CRD is not served yet keeps the
@@ -19,11 +22,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kubernetes_asyncio import client as k8s
 
 from service.errors import ResonatePatternsError
 from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from service.operator.kube import ServiceAccountRef
 
 GROUP = "kopf.dev"
 VERSION = "v1"
@@ -43,6 +50,11 @@ class Peering:
     name: str
     #: Empty: one ClusterKopfPeering (the operator watches every namespace).
     namespaces: tuple[str, ...] = ()
+    #: Labels of the object: the operator's selector (its release's instance label).
+    labels: tuple[tuple[str, str], ...] = ()
+    #: The operator's ServiceAccount: the owner of a KopfPeering in its own namespace, so
+    #: that ``helm uninstall`` (which deletes the account) takes the object with it.
+    owner: ServiceAccountRef | None = None
 
     @property
     def kind(self) -> str:
@@ -53,9 +65,22 @@ class Peering:
         return "kopfpeerings" if self.namespaces else "clusterkopfpeerings"
 
     def body(self, namespace: str | None) -> dict[str, object]:
-        metadata: dict[str, str] = {"name": self.name}
+        metadata: dict[str, object] = {"name": self.name}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
         if namespace is not None:
             metadata["namespace"] = namespace
+            # An owner in another namespace (or of a cluster-scoped object) is one the garbage
+            # collector cannot find: it would delete the object at once.
+            if self.owner is not None and self.owner.namespace == namespace:
+                metadata["ownerReferences"] = [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ServiceAccount",
+                        "name": self.owner.name,
+                        "uid": self.owner.uid,
+                    }
+                ]
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": self.kind, "metadata": metadata}
 
     async def ensure(self, custom: k8s.CustomObjectsApi) -> list[str]:

@@ -93,10 +93,19 @@ def chart_objects(release: Release) -> set[tuple[str, str]]:
         *(("ServiceAccount", f"{full}-{c}") for c in ("operator", "server", "worker")),
         ("Role", f"{full}-operator"),
         ("RoleBinding", f"{full}-operator"),
-        ("KopfPeering", f"{full}-operator"),
         ("PodDisruptionBudget", f"{full}-worker-workers"),
         ("WorkerAutoscaler", f"{full}-worker-workers"),
     }
+
+
+def peering_of(release: Release) -> tuple[str, str]:
+    """The KopfPeering the release's operator creates (not the chart), owned by its account."""
+    return ("KopfPeering", f"{release.fullname}-operator")
+
+
+def without_peerings(objects: dict[tuple[str, str], Any]) -> set[tuple[str, str]]:
+    """The keys of ``objects`` but the KopfPeerings (there once an operator has started)."""
+    return {key for key in objects if key[0] != "KopfPeering"}
 
 
 def listed(plane: ControlPlane, namespace: str, *selector: str) -> dict[tuple[str, str], Any]:
@@ -215,12 +224,12 @@ def test_two_releases_in_one_namespace__each_operator_scales_only_its_own__unins
 
     # Every object once per release, named and labelled after it.
     everything = listed(control_plane, namespace)
-    assert set(everything) == chart_objects(alpha) | chart_objects(beta) | {
+    assert without_peerings(everything) == chart_objects(alpha) | chart_objects(beta) | {
         ("ServiceAccount", "default")
     }
     for release in (alpha, beta):
         own = listed(control_plane, namespace, "-l", f"{INSTANCE}={release.name}")
-        assert set(own) == chart_objects(release)
+        assert without_peerings(own) == chart_objects(release)
         binding = own[("RoleBinding", f"{release.fullname}-operator")]
         assert binding["roleRef"]["name"] == f"{release.fullname}-operator"
         assert binding["subjects"] == [
@@ -242,6 +251,16 @@ def test_two_releases_in_one_namespace__each_operator_scales_only_its_own__unins
         assert (first["observedPending"], first["observedInFlight"]) == (0, 0)
     operators = {r.name: set(r.bridge.ready("operator")) for r in (alpha, beta)}
     acting = time.monotonic()
+    # Each operator created its peering object, labelled with its release and owned by its
+    # ServiceAccount (so uninstalling the release deletes it).
+    for release in (alpha, beta):
+        own = listed(control_plane, namespace, "-l", f"{INSTANCE}={release.name}")
+        assert set(own) == chart_objects(release) | {peering_of(release)}
+        owners = own[peering_of(release)]["metadata"]["ownerReferences"]
+        account = own[("ServiceAccount", f"{release.fullname}-operator")]
+        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+            ("ServiceAccount", account["metadata"]["name"], account["metadata"]["uid"])
+        ]
 
     # Work for alpha's group: alpha scales to ceil(25 / 10), beta stays at its minimum.
     submit(alpha.server.url, GROUP, 25, "alpha", function=CALL)
@@ -276,8 +295,17 @@ def test_two_releases_in_one_namespace__each_operator_scales_only_its_own__unins
     betas = listed(control_plane, namespace, "-l", f"{INSTANCE}={beta.name}")
     kept = {key: obj["metadata"]["uid"] for key, obj in betas.items()}
     assert alpha.uninstall() == []
-    after = listed(control_plane, namespace)
-    assert set(after) == chart_objects(beta) | {("ServiceAccount", "default")}
+    # Alpha's peering object goes with its ServiceAccount (the garbage collector).
+    after = eventually(
+        lambda: (
+            listed(control_plane, namespace)
+            if peering_of(alpha) not in listed(control_plane, namespace)
+            else None
+        ),
+        "alpha's KopfPeering collected",
+        30,
+    )
+    assert set(after) == chart_objects(beta) | {peering_of(beta), ("ServiceAccount", "default")}
     assert {key: after[key]["metadata"]["uid"] for key in kept} == kept
     assert beta.replicas(beta.worker_deployment()) == 2
     uninstalled = time.monotonic()

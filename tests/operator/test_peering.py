@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import jwt
 import kmock
 import pytest
 from kubernetes_asyncio import client as k8s
 
+from service.operator.kube import ServiceAccountRef, service_account_of
 from service.operator.peering import Peering, PeeringUnavailableError, keep_peering
 from tests.operator.kmock_shim import ALL_VERBS, NS, Emulator
 
@@ -88,3 +90,62 @@ async def test_keep_peering__recreates_a_deleted_object(kmock: Emulator) -> None
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
+
+
+def bound_token(namespace: str, account: str, uid: str) -> str:
+    """A token shaped like the API server's bound ServiceAccount tokens (signature unchecked)."""
+    claims = {
+        "iss": "https://kubernetes.default.svc",
+        "sub": f"system:serviceaccount:{namespace}:{account}",
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account, "uid": uid}},
+    }
+    return jwt.encode(claims, "a-test-key-not-the-api-servers-32-bytes-long", algorithm="HS256")
+
+
+@pytest.mark.parametrize("prefix", ["", "Bearer "])
+def test_service_account_of__a_bound_token__namespace_name_uid(prefix: str) -> None:
+    cfg = k8s.Configuration()
+    cfg.api_key["BearerToken"] = prefix + bound_token("team-a", "rp-operator", "uid-1")
+    assert service_account_of(cfg) == ServiceAccountRef("team-a", "rp-operator", "uid-1")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "",
+        "not-a-jwt",
+        jwt.encode({"sub": "x"}, "a-test-key-not-the-api-servers-32-bytes-long"),
+    ],
+)
+def test_service_account_of__no_bound_token__none(token: str | None) -> None:
+    cfg = k8s.Configuration()
+    if token is not None:
+        cfg.api_key["BearerToken"] = token
+    assert service_account_of(cfg) is None
+
+
+def test_body__labels_and_owned_by_the_account_only_in_its_own_namespace() -> None:
+    owner = ServiceAccountRef(NS, "rp-operator", "uid-1")
+    peering = Peering("rp-operator", (NS, "other"), labels=(("app", "rp"),), owner=owner)
+    assert peering.body(NS) == {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {
+            "name": "rp-operator",
+            "namespace": NS,
+            "labels": {"app": "rp"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "name": "rp-operator",
+                    "uid": "uid-1",
+                }
+            ],
+        },
+    }
+    # Elsewhere (and cluster-wide) the collector could not find the owner: none.
+    assert "ownerReferences" not in peering.body("other")["metadata"]  # type: ignore[operator]
+    cluster = Peering("ns-rp-operator", owner=owner).body(None)
+    assert cluster["metadata"] == {"name": "ns-rp-operator"}
