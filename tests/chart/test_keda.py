@@ -12,7 +12,16 @@ from typing import Any
 
 import jsonschema
 
-from tests.chart.conftest import CI_VALUES, NAMESPACE, RELEASE, Rendered, load_yaml, render
+from tests.chart.conftest import (
+    CI_VALUES,
+    NAMESPACE,
+    RELEASE,
+    Rendered,
+    helm_run,
+    load_yaml,
+    render,
+    template_args,
+)
 from tests.conftest import ROOT, require_file
 
 KEDA_CRDS = ROOT / ".tools" / "crds" / "keda"
@@ -124,3 +133,25 @@ def test_mixed_engines__one_group_each() -> None:
     )
     assert [w["spec"]["group"] for w in rendered.kind("WorkerAutoscaler")] == ["workers"]
     assert [s["metadata"]["name"] for s in rendered.kind("ScaledObject")] == [BATCH]
+
+
+def test_engine_none__no_autoscaler_of_the_chart__deployment_leaves_replicas_to_its_own() -> None:
+    rendered = render(
+        sets=(
+            "workerGroups[0].name=workers",
+            "workerGroups[1].name=batch",
+            "workerGroups[1].autoscaling.engine=none",
+        )
+    )
+    # batch: no WorkerAutoscaler, no ScaledObject, no backlog API; the user's scaler owns it.
+    assert [w["spec"]["group"] for w in rendered.kind("WorkerAutoscaler")] == ["workers"]
+    assert rendered.kind("ScaledObject") == []
+    assert [d for d in rendered.kind("Deployment") if "backlog-api" in d["metadata"]["name"]] == []
+    assert "replicas" not in rendered.get("Deployment", BATCH)["spec"]
+
+
+def test_engine__unknown_value__refused_naming_the_choices() -> None:
+    done = helm_run(*template_args(sets=("workerDefaults.autoscaling.engine=hpa",)))
+    assert done.returncode != 0
+    assert "/workerDefaults/autoscaling/engine" in done.stderr
+    assert "'operator', 'keda', 'none'" in done.stderr

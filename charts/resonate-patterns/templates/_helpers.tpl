@@ -734,7 +734,8 @@ are fine: an engine switch replaces them in the same upgrade.
 {{- end }}
 {{- range $entry := .Values.workerGroups }}
 {{- $g := include "resonate-patterns.workerGroup" (dict "root" $root "group" $entry) | fromYaml }}
-{{- if $g.autoscaling.enabled }}
+{{- /* engine none: another scaler is expected to own the Deployment's count. */}}
+{{- if and $g.autoscaling.enabled (ne $g.autoscaling.engine "none") }}
 {{- $target := include "resonate-patterns.worker.fullname" (dict "root" $root "group" $g.name) }}
 {{- $keda := eq $g.autoscaling.engine "keda" }}
 {{- /* lookup finds nothing under `helm template`: check only against a live cluster. */}}
