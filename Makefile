@@ -4,6 +4,8 @@
 #   make test   set everything up (venv, packages, helm, prometheus, and a Kubernetes control
 #               plane built with Go: several minutes the first time), then run all tests
 #               (SOAK=0 leaves out the 6-minute soak tests that run beside the others)
+#   make bench  the benchmark suite (about 3 minutes on 2 cores): a table, plots in bench/results/
+#   make bench-quick  the same suite reduced (about a minute; .ci/run runs it so it cannot rot)
 #   make chaos  delete random worker pods of an installed release under load, then check
 #               that nothing was lost, wrong or run twice (CHAOS_ARGS: scripts/chaos_cluster.py flags)
 #
@@ -17,7 +19,7 @@ TOOLS_DIR ?= .tools
 # 1: `make test` also runs the minutes-long soak tests, beside the rest of the suite.
 SOAK ?= 1
 
-.PHONY: demo test setup tools lint typecheck bench clean manifests chaos
+.PHONY: demo test setup tools lint typecheck bench bench-quick clean manifests chaos
 
 $(STAMP): pyproject.toml scripts/find-python.sh
 	@set -euo pipefail; \
@@ -65,8 +67,14 @@ lint: setup
 chaos: setup
 	@$(PY) scripts/chaos_cluster.py $(CHAOS_ARGS)
 
+# The suite's table, results.json and plots are committed in bench/results/ (docs/performance.md).
 bench: setup
-	@$(PY) bench/throughput.py
+	@$(PY) bench/suite.py --out bench/results
+
+# Fails if a benchmark crashes or yields no numbers; asserts no speed (CI hosts differ).
+# Writes to the ignored bench/out/quick, never over the committed results.
+bench-quick: setup
+	@$(PY) bench/suite.py --quick --out bench/out/quick
 
 manifests: tools
 	@PATH="$(CURDIR)/$(TOOLS_DIR)/bin:$$PATH" $(PY) scripts/render_manifests.py

@@ -163,7 +163,11 @@ async def run_one(scenario: Scenario, args: argparse.Namespace, run: int) -> Res
             first_start: dict[str, float] = {}
             for event in _events(survivor.log_path):
                 pid = event.get("promise_id")
-                if event.get("event") == "execution_started" and pid in stranded:
+                if (
+                    event.get("event") == "execution_started"
+                    and isinstance(pid, str)
+                    and pid in stranded
+                ):
                     at = _epoch(event["timestamp"])
                     if at >= killed_at:
                         first_start.setdefault(pid, at)

@@ -36,18 +36,25 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common import (
+    ROOT,
+    client_for,
+    cpu_reference_ms,
+    percentile,
+    prefill,
+    start_stack,
+    stored_on,
+)
 from resonate.connections.local import LocalConnection
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
 from service.client import invoke
 from service.config import Settings, load_settings
-from service.devserver.store import Store
-from service.local.supervisor import Stack, plan_stack
 from service.patterns.deps import PatternDeps
 from service.patterns.links import SyntheticGraph
 from service.patterns.registry import pattern, register_all
-from service.runtime import Runtime, build_runtime
+from service.runtime import build_runtime
 from service.telemetry.instrument import Telemetry
 from service.telemetry.logging import setup_logging
 from service.telemetry.metrics import WorkerMetrics
@@ -55,8 +62,8 @@ from service.telemetry.metrics import WorkerMetrics
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-
+    from service.local.supervisor import Stack
+    from service.runtime import Runtime
 
 #: Runs of each short workload (about a second each), reported as the median:
 #: one run of that length on a shared 2-core VM swings by +-20%.
@@ -228,34 +235,6 @@ async def run_embedded(settings: Settings, quick: bool, rows: list[Row], out: An
 # -- local server + worker processes -----------------------------------------------
 
 
-async def stored_on(url: str) -> int:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("resonate_devserver_promises{")
-        )
-    )
-
-
-async def start_stack(tmp: Path, workers: int, data: str | None = None) -> Stack:
-    settings = load_settings({"RESONATE_PATTERNS_DATA_DIR": str(tmp)})
-    plan = plan_stack(settings, workers=workers, port=0, data=data, group=None)
-    stack = Stack(plan, out=lambda _: None)
-    await stack.start()
-    return stack
-
-
-def client_for(url: str) -> Runtime:
-    runtime = build_runtime(load_settings({"RESONATE_URL": url}), role="client")
-    runtime.start()
-    return runtime
-
-
 async def measure_on(stack: Stack, client: Runtime, mode: str, work: Workload, out: Any) -> Row:
     """:func:`measure` on a running local stack, invoking through ``client``."""
 
@@ -304,32 +283,6 @@ def cli_wall_ms(url: str, runs: int = 5) -> list[float]:
     return out
 
 
-def prefill(path: str, count: int) -> None:
-    """Store ``count`` resolved promises in a fresh server database."""
-    store = Store(path)
-    batch: list[tuple[str, dict[str, Any] | None]] = []
-    for i in range(count):
-        row: dict[str, Any] = {
-            "id": f"prefill-{i:07d}",
-            "state": "resolved",
-            "param": {},
-            "value": {"data": "MQ=="},
-            "tags": {"resonate-patterns:bench": "prefill"},
-            "timeoutAt": 1 << 60,
-            "createdAt": 0,
-            "settledAt": 0,
-            "callbacks": [],
-            "listeners": [],
-        }
-        batch.append((row["id"], row))
-        if len(batch) == 10_000:
-            store.write({"promises": batch})
-            batch = []
-    if batch:
-        store.write({"promises": batch})
-    store.close()
-
-
 async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
     sizes = [0, 10_000] if quick else [0, 10_000, 100_000]
     for size in sizes:
@@ -349,28 +302,6 @@ async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
             finally:
                 await client.stop()
                 await stack.stop()
-
-
-def cpu_reference_ms() -> float:
-    """Time of a fixed pure-Python job (best of 5): how fast this host is right now.
-
-    A shared VM's speed drifts by tens of percent; printing this before and
-    after a run tells a slow host from a slow build.
-    """
-    doc = {"id": "factorial-200:1.2.3", "state": "resolved", "tags": {"a": "b"}, "n": 12345}
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(20_000):
-            json.loads(json.dumps(doc))
-        best = min(best, time.perf_counter() - started)
-    return best * 1000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def plot(rows: list[Row], path: Path) -> None:
