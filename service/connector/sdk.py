@@ -5,9 +5,10 @@ The rest of ``service/`` uses only the SDK's user-facing API (``Resonate``,
 beyond that, it takes from here: address minting for the ``poll://`` scheme,
 the lineage origin of an id, the protocol version and clock the in-process
 server stamps, the SDK's typed ``Sender`` for the requests this project sends
-itself, the count of the SDK's in-flight background jobs, and the observer
-event types (``Resonate(observer=...)``) plus ``TaskData`` (the payload of a
-top-level create) that telemetry and the client read.
+itself, the task version an execution runs under, the count of the SDK's
+in-flight background jobs, and the observer event types
+(``Resonate(observer=...)``) plus ``TaskData`` (the payload of a top-level
+create) that telemetry and the client read.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from resonate_base.connections import Network, Source
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from resonate.context import Context
     from resonate.resonate import Resonate
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "now_ms",
     "origin_of",
     "pending_jobs",
+    "task_version",
     "unicast_address",
     "validate_root_id",
 ]
@@ -169,3 +172,19 @@ def install_execution_slots(resonate: Resonate, capacity: int) -> ExecutionSlots
     slots = ExecutionSlots(capacity)
     resonate._runtime.execute_sema = slots
     return slots
+
+
+def task_version(ctx: Context) -> int:
+    """The version of the task lease the execution behind ``ctx`` runs under.
+
+    Servers bump a task's version on every acquire (the official server and
+    :mod:`service.devserver`; versions start at 0), so version 1 is the task's
+    first acquisition anywhere, and every later body run of the same call (a
+    resume, a re-delivery) runs above 1. A redirect (a suspend answered 300)
+    re-runs the body under the same version in the same process. Read from
+    the SDK's per-attempt effects: the SDK does not expose the lease on
+    ``Context``. 0 when the execution has no lease (a test context).
+    """
+    effects: Any = ctx._state.effects
+    version = getattr(effects, "task_version", 0)
+    return version if isinstance(version, int) else 0

@@ -2,42 +2,87 @@
 
 The client invokes ``factorial(n)`` under the id ``factorial-{n}``; each
 level recurses with ``ctx.rpc(FACTORIAL, n - 1)`` to the factorial target
-group. Child ids are SDK lineage ids (``factorial-8:2.2``), so on their own
-they would never answer a later ``factorial-5``. Two durable leaf steps per
-level close that gap:
+group. Child ids are SDK lineage ids (``factorial-8:1.1``), so on their own
+they would never answer a later ``factorial-5``. Two inline store operations
+per level close that gap; neither is a durable child (no promise, no
+execution, no fenced write of its own):
 
-* ``factorial_lookup(k)`` reads promise ``factorial-{k}`` through the
-  promises client; if it is resolved, its value replaces the recursive call
-  (a cache hit), so ``factorial-{m}`` after ``factorial-{n}`` (m > n) only
-  executes the levels above n. The instrumentation counts its first run as
-  one ``lookup`` of ``factorial``: a hit when it returns a value;
-* ``factorial_publish(k, value)`` creates promise ``factorial-{k}`` (no
-  target, so no task) and resolves it, so any later ``factorial-{k}``
+* the **lookup** reads promise ``factorial-{k-1}`` through the promises
+  client before recursing; if it is resolved, its value replaces the
+  recursive call (a cache hit), so ``factorial-{m}`` after ``factorial-{n}``
+  (m > n) only executes the levels above n;
+* the **publish** creates promise ``factorial-{k}`` (no target, so no task)
+  and resolves it before the level returns, so any later ``factorial-{k}``
   invocation returns from the store without executing a body.
+
+A level therefore costs the plain recursive rpc (acquire, fenced create of
+the child, suspend; then acquire and fulfill for the resume) plus one read
+per body run and one create and one settle: 9 requests and 2 executions.
+They were ``ctx.run`` leaf steps before (13 requests, 4 executions, 2 extra
+promises per level; ``bench/factorial_level.py`` measures both).
+
+Replays. Orchestrators replay from the top: the rpc level runs once to
+dispatch its child and suspend, and again when the child settles (or on a
+redirect, or a re-delivery after a lost lease). The inline lookup is not
+recorded, so a replay reads the store again and may get a different answer
+than the first run (the child, or another run, filled the cache meanwhile;
+on the usual resume it hits, because a child publishes before it fulfills).
+That is safe under resonate-sdk 0.8.1's replay model (``resonate/context.py``,
+``effects.py``): a replay recognises a durable call only by its position —
+the n-th durable op of a body gets child id ``{id}:{n}`` — and answers it from
+the stored promise of that id, never comparing function or arguments (the
+create is idempotent, arguments are ignored once the id exists). The hazard
+is a run whose branch puts a *different* call at a position an earlier run
+used. Here a level makes at most one durable call, always the same one at
+position 1 (``rpc(factorial, k-1)``), so every run's sequence is either that
+call or nothing: a replay that hits skips it and returns ``k * (k-1)!``, the
+same value the child yields, because the cache only ever holds the one
+correct value of each key. The child it skips is already settled (resume,
+redirect) or settles on its own (re-delivery) and is awaited by nobody; the
+SDK builds its execution tree afresh per attempt, and the server drops a task's
+callbacks when it is fulfilled. A run that hits makes no durable op at all,
+which the SDK treats as a pure leaf: nothing in its replay can diverge.
+
+Failures. A lookup or publish that fails in the store or the connector
+(any ``ResonateError`` but the lookup's 404) raises the SDK's
+``PlatformError``: the SDK does not reject on it (it is not an
+``Exception``), releases the task, and the server delivers the level again,
+which looks up again. ``factorial-k`` is never rejected because the cache
+was unreachable. Only an input that fails :func:`check_factorial` rejects,
+before any store operation.
+
+Counting. A lookup is counted (``promise_cache_*_total{kind="lookup",
+function="factorial"}``, a hit when it found the value) by the first run of
+its level's call only: the run under the task's first lease (version 1),
+once per call in that process (see
+:meth:`~service.telemetry.instrument.Telemetry.lookup_done`). Replays read
+the store again but count nothing, as before. Publishes are not durable calls
+and are not counted. ``RESONATE_PATTERNS_STEP_DELAY_MS`` (simulated step
+latency) is paid by that same first lookup, once per level call, as it was by
+the lookup leaf.
 
 n is at most ``RESONATE_PATTERNS_MAX_N``, itself at most
 :data:`~service.patterns.validation.MAX_FACTORIAL_N` (1558): the largest n
 whose value crosses a JSON codec and whose child ids fit the server's limit.
 Anything above is rejected before any durable operation.
 
-Both are idempotent and safe under concurrent overlapping runs: every writer
-publishes the same value, a second resolve is a no-op, and a promise that
-belongs to a running top-level task (it carries ``resonate:target``) is
-never settled from outside; that task settles it itself.
+Both store operations are idempotent and safe under concurrent overlapping
+runs: every writer publishes the same value, a second resolve is a no-op, and
+a promise that belongs to a running top-level task (it carries
+``resonate:target``) is never settled from outside; that task settles it
+itself.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resonate.error import ServerError
-from resonate.retry import Exponential
+from resonate.error import PlatformError, ResonateError, ServerError
 
-from service.connector.sdk import Value
+from service.connector.sdk import Value, task_version
 from service.patterns.deps import PatternDeps
-from service.patterns.steps import spawn_local
 from service.patterns.validation import MAX_FACTORIAL_N, require_int
-from service.telemetry.instrument import instrumented
+from service.telemetry.instrument import Telemetry, instrumented
 
 if TYPE_CHECKING:
     from resonate.context import Context
@@ -47,16 +92,12 @@ if TYPE_CHECKING:
 #: Registered name of :func:`factorial` (the rpc target of every level, the
 #: function label of its metrics and the prefix of its keyed ids).
 FACTORIAL = "factorial"
-#: Name of the :func:`factorial_lookup` leaf step (a metrics label).
-FACTORIAL_LOOKUP = "factorial_lookup"
-#: Name of the :func:`factorial_publish` leaf step (a metrics label).
-FACTORIAL_PUBLISH = "factorial_publish"
 #: Tag marking a promise published by the factorial cache.
 CACHE_TAG = "resonate-patterns:cache"
 #: Cache entries never time out (the server needs some deadline: far future).
 CACHE_TIMEOUT_AT = (1 << 62) - 1
-#: Lookups and publishes only fail on transient server errors: retry a few times.
-STORE_RETRY = Exponential(delay=1, max_retries=4, factor=2, max_delay=8)
+#: The status of a read of a promise that does not exist.
+_NOT_FOUND = 404
 
 
 def factorial_id(n: int) -> str:
@@ -75,32 +116,46 @@ def check_factorial(settings: Settings, n: object) -> int:
     return require_int(FACTORIAL, "n", n, 0, min(settings.max_n, MAX_FACTORIAL_N))
 
 
-@instrumented(FACTORIAL_LOOKUP, cache_lookup=FACTORIAL)
-async def factorial_lookup(ctx: Context, k: int) -> int | None:
-    """Return the cached value of ``factorial(k)``, or None if not resolved yet."""
-    deps = ctx.get_dependency(PatternDeps)
-    await deps.simulated_io()
+def _release(exc: ResonateError) -> PlatformError:
+    """The error that makes the SDK release the task for re-delivery instead of rejecting."""
+    return PlatformError([exc])
+
+
+async def lookup_cached(deps: PatternDeps, k: int) -> int | None:
+    """The cached value of ``factorial(k)``, or None if ``factorial-{k}`` is not resolved.
+
+    Raises ``PlatformError`` (the task is released and re-delivered) when the
+    store cannot be read.
+    """
     try:
         record = await deps.promises.get(factorial_id(k))
     except ServerError as exc:
-        if exc.code != 404:
-            raise
-        return None
+        if exc.code == _NOT_FOUND:
+            return None
+        raise _release(exc) from exc
+    except ResonateError as exc:
+        raise _release(exc) from exc
     value = record.value.data
     return value if record.state == "resolved" and isinstance(value, int) else None
 
 
-@instrumented(FACTORIAL_PUBLISH)
-async def factorial_publish(ctx: Context, k: int, value: int) -> bool:
-    """Store ``value`` as promise ``factorial-{k}``; return True if this call resolved it."""
-    deps = ctx.get_dependency(PatternDeps)
+async def publish(deps: PatternDeps, k: int, value: int) -> bool:
+    """Store ``value`` as promise ``factorial-{k}``; True if this call resolved it.
+
+    Leaves a settled promise, or one with a task (a top-level invocation in
+    flight, which settles itself), alone. Raises ``PlatformError`` (the task is
+    released and re-delivered) when the store cannot be written.
+    """
     promise_id = factorial_id(k)
-    record = await deps.promises.create(
-        promise_id, CACHE_TIMEOUT_AT, Value(data=None), {CACHE_TAG: FACTORIAL}
-    )
-    if record.state != "pending" or "resonate:target" in record.tags:
-        return False
-    await deps.promises.resolve(promise_id, Value(data=value))
+    try:
+        record = await deps.promises.create(
+            promise_id, CACHE_TIMEOUT_AT, Value(data=None), {CACHE_TAG: FACTORIAL}
+        )
+        if record.state != "pending" or "resonate:target" in record.tags:
+            return False
+        await deps.promises.resolve(promise_id, Value(data=value))
+    except ResonateError as exc:
+        raise _release(exc) from exc
     return True
 
 
@@ -113,12 +168,20 @@ async def factorial(ctx: Context, n: object) -> int:
     if k == 0:
         value = 1
     else:
-        cached = await spawn_local(ctx, factorial_lookup, k - 1, retry_policy=STORE_RETRY)
+        telemetry = ctx.get_dependency(Telemetry)
+        first = task_version(ctx) == 1 and not telemetry.lookup_counted(ctx.info.id)
+        if first:
+            # The configured step latency, once per level call, as the lookup
+            # step had it when it was a durable leaf (its replays cost nothing).
+            await deps.simulated_io()
+        cached = await lookup_cached(deps, k - 1)
+        if first:
+            telemetry.lookup_done(FACTORIAL, ctx.info.id, hit=cached is not None)
         if cached is None:
             sub = await ctx.options(target=settings.factorial_group).rpc(FACTORIAL, k - 1)
         else:
             sub = cached
         value = k * int(sub)
     if ctx.info.id != factorial_id(k):
-        await spawn_local(ctx, factorial_publish, k, value, retry_policy=STORE_RETRY)
+        await publish(deps, k, value)
     return value

@@ -21,7 +21,7 @@ from service.patterns import bounded, crawl, enrich, factorial
 from service.patterns.bounded import PROCESS_BOUNDED, PROCESS_ONE
 from service.patterns.crawl import CRAWL, CRAWL_LEVEL, FETCH_LINKS
 from service.patterns.enrich import ENRICH_BATCH, ENRICH_ONE, ENRICH_TOLERANT, PARALLEL_ENRICH
-from service.patterns.factorial import FACTORIAL, FACTORIAL_PUBLISH
+from service.patterns.factorial import FACTORIAL
 from service.patterns.validation import word_value
 
 if TYPE_CHECKING:
@@ -203,8 +203,8 @@ BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
 
 #: Functions the patterns call as children (``ctx.run`` or ``ctx.rpc``), each
 #: counted as a ``child`` call; a worker creates their series up front.
-CHILD_FUNCTIONS = (FACTORIAL, FACTORIAL_PUBLISH, ENRICH_ONE, PROCESS_ONE, FETCH_LINKS, CRAWL_LEVEL)
-#: Functions whose keyed cache a lookup leaf reads, counted as ``lookup`` calls.
+CHILD_FUNCTIONS = (FACTORIAL, ENRICH_ONE, PROCESS_ONE, FETCH_LINKS, CRAWL_LEVEL)
+#: Functions whose keyed cache their levels read inline, counted as ``lookup`` calls.
 LOOKUP_FUNCTIONS = (FACTORIAL,)
 
 

@@ -10,13 +10,14 @@ bounded state the metrics need (attempt counts, deepest depth per root).
 Depth is read from the promise id: the SDK mints child ids as
 ``origin:1.2.3``, one lineage segment per level below the root.
 
-The wrapper also counts child calls (``promise_cache_misses_total{kind="child"}``
-and, for a cache-lookup leaf, ``kind="lookup"``), exactly once per call: a
-body run is the first run of its call only when the SDK said so beforehand
-(:mod:`service.connector.observer` marks the id through
-:meth:`Telemetry.expect_first_run`); every other run of a body (a replay of a
-suspended parent, a resume, a retry of a failed leaf, a redirect) counts
-nothing. See docs/metrics.md for the semantics.
+The wrapper also counts child calls (``promise_cache_misses_total{kind="child"}``),
+exactly once per call: a body run is the first run of its call only when the
+SDK said so beforehand (:mod:`service.connector.observer` marks the id
+through :meth:`Telemetry.expect_first_run`); every other run of a body (a
+replay of a suspended parent, a resume, a retry of a failed leaf, a
+redirect) counts nothing. A body that reads a keyed cache inline counts its
+lookup (``kind="lookup"``) through :meth:`Telemetry.lookup_done`, also once
+per call. See docs/metrics.md for the semantics.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Telemetry:
         self.metrics = metrics
         self._attempts: _Lru[int] = _Lru(_TRACK_LIMIT)
         self._root_depth: _Lru[int] = _Lru(_TRACK_LIMIT)
+        #: Calls whose inline cache lookup was counted (see :meth:`lookup_done`).
+        self._lookups: _Lru[bool] = _Lru(_TRACK_LIMIT)
         #: Ids whose next body run is the first run of their call (insertion
         #: order; the oldest is forgotten past the limit).
         self._first_runs: dict[str, bool] = {}
@@ -102,6 +105,22 @@ class Telemetry:
     def take_first_run(self, promise_id: str) -> bool:
         """Whether this body run of ``promise_id`` is its call's first (true at most once)."""
         return self._first_runs.pop(promise_id, False)
+
+    def lookup_counted(self, promise_id: str) -> bool:
+        """Whether call ``promise_id`` has had its inline lookup counted in this process."""
+        return self._lookups.get(promise_id) is not None
+
+    def lookup_done(self, function: str, promise_id: str, *, hit: bool) -> None:
+        """Count the keyed-cache lookup made by the first run of call ``promise_id``.
+
+        For a body that reads the cache of ``function`` inline (not as a
+        durable child): the caller passes only lookups made under the task's
+        first lease (version 1), which are all in this process; a redirect
+        re-runs the body under that same lease, so each id counts at most once.
+        """
+        if self._lookups.get(promise_id) is None:
+            self._lookups.put(promise_id, True)
+            self.metrics.cache_result(function, "lookup", hit=hit)
 
     @property
     def group(self) -> str:
@@ -139,13 +158,10 @@ def lease_gone(exc: BaseException) -> bool:
 type DurableFn = Callable[..., Awaitable[Any]]
 
 
-def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) -> Callable[[F], F]:
+def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
     """Decorate a durable function so every run of its body is logged and measured.
 
-    The first run of a child call counts one ``child`` miss for ``name``. A
-    leaf that reads a keyed cache instead passes ``cache_lookup`` (the
-    function whose cache it reads): its first run that returns counts one
-    ``lookup`` for that function, a hit when the result is not None.
+    The first run of a child call counts one ``child`` miss for ``name``.
 
     The wrapper keeps the wrapped signature visible (``functools.wraps``),
     which the SDK inspects to bind arguments.
@@ -157,7 +173,7 @@ def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) ->
             telemetry = ctx.get_dependency(Telemetry)
             info = ctx.info
             promise_id = info.id
-            if cache_lookup is None and telemetry.take_first_run(promise_id):
+            if telemetry.take_first_run(promise_id):
                 telemetry.metrics.cache_result(name, "child", hit=False)
             depth = depth_of(promise_id)
             attempt = telemetry.begin(promise_id, info.origin_id, depth)
@@ -198,10 +214,6 @@ def instrumented[F: DurableFn](name: str, *, cache_lookup: str | None = None) ->
                         telemetry.metrics.lease_lost()
                     raise
                 else:
-                    if cache_lookup is not None and telemetry.take_first_run(promise_id):
-                        telemetry.metrics.cache_result(
-                            cache_lookup, "lookup", hit=result is not None
-                        )
                     return result
                 finally:
                     seconds = time.perf_counter() - started

@@ -57,9 +57,7 @@ if TYPE_CHECKING:
 
 #: Functions whose bodies are leaves (no durable children): the ones that must
 #: never run again once their promise is settled.
-LEAF_FUNCTIONS = frozenset(
-    {"enrich_one", "process_one", "fetch_links", "factorial_lookup", "factorial_publish"}
-)
+LEAF_FUNCTIONS = frozenset({"enrich_one", "process_one", "fetch_links"})
 #: A kill recovery or a call's progress gap longer than this is a stall.
 STALL_SECONDS = 5.0
 #: Largest factorial the workload asks for.

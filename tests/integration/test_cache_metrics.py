@@ -10,18 +10,21 @@ call already made counts nothing.
 For a cold ``factorial(n)`` (nothing stored, n >= 1):
 
 * 1 invocation miss (in the invoking process);
-* every level k = n..1 looks up ``factorial-{k-1}`` (n lookup misses) and
-  calls ``factorial(k-1)`` by rpc (n ``factorial`` child misses);
-* every level below the root (k = n-1..0) publishes ``factorial-{k}``
-  (n ``factorial_publish`` child misses);
-* 0 hits on every series; 3n child promises in the store; the bodies run
-  2n + 1 times for ``factorial`` (each level that waits on its rpc child runs
-  again when it resumes; that replay counts nothing), n times for each leaf.
+* every level k = n..1 looks up ``factorial-{k-1}`` inline (n lookup misses)
+  and calls ``factorial(k-1)`` by rpc (n ``factorial`` child misses);
+* every level below the root (k = n-1..0) publishes ``factorial-{k}`` inline
+  (a store write, not a durable call: not counted);
+* 0 hits on every series; n child promises (the rpc children) and n cache
+  entries in the store; the body runs 2n + 1 times for ``factorial`` (each
+  level that waits on its rpc child runs again when it resumes; that replay
+  reads the cache again and counts nothing), and nothing else executes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,7 @@ import pytest
 
 from service.client import invoke
 from service.connector.envelopes import request_envelope
+from service.patterns.factorial import CACHE_TAG, factorial_id
 from service.patterns.registry import pattern
 from tests.integration.conftest import log_events, scrape, worker_url
 
@@ -132,13 +136,32 @@ def children(records: list[dict[str, Any]], root: str | None = None) -> list[dic
     ]
 
 
+def decoded(value: dict[str, Any]) -> Any:
+    """A stored value's data (base64 of JSON on the wire)."""
+    data = value.get("data")
+    return json.loads(base64.b64decode(data)) if data else None
+
+
+def cache_entries(records: list[dict[str, Any]]) -> dict[str, int]:
+    """The resolved entries the factorial cache published: id -> value."""
+    out: dict[str, int] = {}
+    for r in records:
+        if CACHE_TAG in r["tags"]:
+            assert r["state"] == "resolved", r
+            out[r["id"]] = decoded(r["value"])
+    return out
+
+
+def _n(promise_id: str) -> int:
+    return int(promise_id.rpartition("-")[2])
+
+
 def cold_factorial(n: int) -> Counts:
     """What the workers count for a cold ``factorial(n)`` (module docstring)."""
     return Counter(
         {
             ("miss", "lookup", "factorial"): n,
             ("miss", "child", "factorial"): n,
-            ("miss", "child", "factorial_publish"): n,
         }
     )
 
@@ -176,15 +199,17 @@ async def test_factorial__cold_12_then_12_7_15__exact_counts_per_level_and_call(
     # (dispatch then resume), and each call was counted once.
     log = logged(stack)
     started = Counter(e["function"] for e in log)
-    assert started == {"factorial": 2 * 12 + 1, "factorial_lookup": 12, "factorial_publish": 12}
+    assert started == {"factorial": 2 * 12 + 1}
     assert executions == started
     rpc_children = {e["promise_id"] for e in log if e["function"] == "factorial" and e["depth"]}
     assert len(rpc_children) == counts[("miss", "child", "factorial")]
-    # ... and the store: 3n child promises, n of them rpc children.
+    # ... and the store: n child promises, all rpc children, and the n cache
+    # entries factorial-0..11 the levels below the root published.
     records = await stored(stack.plan.url)
     made = children(records, "factorial-12")
-    assert len(made) == sum(counts.values()) == 36
-    assert sum(r["tags"]["resonate:scope"] == "global" for r in made) == 12
+    assert len(made) == counts[("miss", "child", "factorial")] == 12
+    assert all(r["tags"]["resonate:scope"] == "global" for r in made)
+    assert cache_entries(records) == {factorial_id(k): math.factorial(k) for k in range(12)}
 
     # Through a worker's HTTP API, so the long-lived worker counts the invocations:
     # factorial(12) again and factorial(7) (published by the first run) are one
@@ -212,16 +237,18 @@ async def test_factorial__cold_12_then_12_7_15__exact_counts_per_level_and_call(
         ("miss", "lookup", "factorial"): 2,
         ("hit", "lookup", "factorial"): 1,
         ("miss", "child", "factorial"): 2,
-        ("miss", "child", "factorial_publish"): 2,
     }
     new = logged(stack, before)
     levels = Counter(int(e["args"]) for e in new if e["function"] == "factorial")
-    # Levels 15 and 14 run twice (they wait on their rpc child), 13 once.
+    # Levels 15 and 14 run twice (they wait on their rpc child), 13 once;
+    # nothing else executes (lookups and publishes are inline).
     assert levels == {15: 2, 14: 2, 13: 1}
-    looked_up = sorted(int(e["args"]) for e in new if e["function"] == "factorial_lookup")
-    assert looked_up == [12, 13, 14]
-    published = sorted(e["args"] for e in new if e["function"] == "factorial_publish")
-    assert published == [repr((13, math.factorial(13))), repr((14, math.factorial(14)))]
+    assert len(new) == 5
+    # Levels 14 and 13 (below the root) published their values; factorial-12
+    # is the first call's own promise, no cache entry.
+    assert cache_entries(await stored(stack.plan.url)) == {
+        factorial_id(k): math.factorial(k) for k in range(15) if k != 12
+    }
     assert client_counts(client) == {("miss", "invocation", "factorial"): 1}
 
 
@@ -241,24 +268,31 @@ async def test_factorial__concurrent_overlapping_clients__one_count_per_durable_
         ("miss", "invocation", "factorial")
     ] == len(ns)
     counts, executions = await worker_counts(stack)
-    # Every child promise in the store is one durable call, counted exactly
-    # once; with the invocations, that is every hit and miss of the run.
-    made = children(await stored(stack.plan.url))
-    assert sum(counts.values()) == len(made)
-    assert sum(counts.values()) + sum(invoked.values()) == len(made) + len(ns)
-    assert counts[("miss", "child", "factorial")] == sum(
-        r["tags"]["resonate:scope"] == "global" for r in made
-    )
+    # Every child promise in the store (all rpc children) is one durable call,
+    # counted exactly once; with the invocations, that is every hit and miss
+    # of the run but the lookups.
+    records = await stored(stack.plan.url)
+    made = children(records)
+    assert all(r["tags"]["resonate:scope"] == "global" for r in made)
+    assert counts[("miss", "child", "factorial")] == len(made)
+    assert counts[("miss", "child", "factorial")] + sum(invoked.values()) == len(made) + len(ns)
     assert not [k for k in counts if k[0] == "hit" and k[1] == "child"]
+    assert {k[2] for k in counts} == {"factorial"}
     # Replays happened (rpc levels run twice) and were not counted.
     log = logged(stack)
     bodies = [e["promise_id"] for e in log if e["function"] == "factorial" and e["depth"]]
     assert len(bodies) > len(set(bodies)) == counts[("miss", "child", "factorial")]
-    lookups = {e["promise_id"] for e in log if e["function"] == "factorial_lookup"}
+    # One lookup per level call that ran a body for k >= 1, on its first run.
+    looking = {e["promise_id"] for e in log if e["function"] == "factorial" and int(e["args"])}
     assert (
-        len(lookups)
+        len(looking)
         == counts[("miss", "lookup", "factorial")] + counts[("hit", "lookup", "factorial")]
     )
+    # Every level below a root published its value (a root's own promise is
+    # its invocation's, settled by its task, and is no cache entry).
+    entries = cache_entries(records)
+    assert entries == {factorial_id(k): math.factorial(k) for k in map(_n, entries)}
+    assert set(entries) | {factorial_id(n) for n in ns} == {factorial_id(k) for k in range(26)}
     assert executions["factorial"] == len(bodies) + sum(
         e["function"] == "factorial" and not e["depth"] for e in log
     )
