@@ -324,6 +324,21 @@ def table(results: dict[str, Any], rounds: int, levels: int, load: tuple[float, 
     return "\n".join(lines)
 
 
+def measure(quick: bool) -> list[dict[str, Any]]:
+    """Rows for ``make bench`` (bench/suite.py): per variant, each run's ms/level and more."""
+    rounds, levels = (2, 50) if quick else (3, 200)
+    results = asyncio.run(drive(rounds, levels))
+    return [
+        {
+            "variant": f"{v}: per level",
+            "ms/level": results[v]["ms"],
+            "levels/s": [1000 / m for m in results[v]["ms"]],
+            "requests/level": results[v]["requests"],
+        }
+        for v in VARIANTS
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)

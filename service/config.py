@@ -333,7 +333,7 @@ class Settings:
         "RESONATE_PATTERNS_STEP_DELAY_MS",
         "0",
         "Simulated I/O latency of each leaf step "
-        "(enrich_one, process_one, fetch_links, factorial_lookup).",
+        "(enrich_one, process_one, fetch_links; once per factorial level).",
         int_in(0, 600000),
     )
     link_source: LinkSource = spec(
