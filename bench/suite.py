@@ -72,7 +72,7 @@ from common import (
     utc_now,
     versions,
 )
-from throughput import StockRuntime, Workload, measure, measure_on
+from throughput import StockRuntime, Workload, embedded_client, measure, measure_on
 
 from service.client import invoke
 from service.config import load_settings
@@ -81,7 +81,6 @@ from service.local.supervisor import Stack, plan_stack
 from service.operator.backlog import BacklogReader
 from service.operator.policy import PolicySpec
 from service.patterns.registry import pattern
-from service.runtime import build_runtime
 from service.telemetry.logging import setup_logging
 
 if TYPE_CHECKING:
@@ -191,22 +190,9 @@ async def _stock_figures() -> list[Measure]:
 
 
 async def _embedded_figures() -> list[Measure]:
-    runtime = build_runtime(load_settings({}), role="client")
-    runtime.start()
-    assert runtime.embedded is not None
-    state = runtime.embedded.engine.state
-
-    async def call(name: str, args: tuple[Any, ...]) -> None:
-        await invoke(runtime, pattern(name), args)
-
-    async def stored() -> int:
-        return len(state.promises)
-
-    try:
+    async with embedded_client(load_settings({})) as (call, stored):
         found = await _chain("embedded", call, stored)
         return found + await _fanouts("embedded", call, stored)
-    finally:
-        await runtime.stop()
 
 
 async def _server_figures(workers: int) -> list[Measure]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -60,7 +61,7 @@ from service.telemetry.logging import setup_logging
 from service.telemetry.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from service.local.supervisor import Stack
     from service.runtime import Runtime
@@ -215,7 +216,13 @@ async def run_stock(settings: Settings, quick: bool, rows: list[Row], out: Any) 
 # -- this project's embedded mode -------------------------------------------------
 
 
-async def run_embedded(settings: Settings, quick: bool, rows: list[Row], out: Any) -> None:
+@contextlib.asynccontextmanager
+async def embedded_client(
+    settings: Settings,
+) -> AsyncIterator[
+    tuple[Callable[[str, tuple[Any, ...]], Awaitable[None]], Callable[[], Awaitable[int]]]
+]:
+    """This project's embedded mode: ``(call, stored)`` for :func:`measure`, stopped on exit."""
     runtime = build_runtime(settings, role="client")
     runtime.start()
     assert runtime.embedded is not None
@@ -227,9 +234,16 @@ async def run_embedded(settings: Settings, quick: bool, rows: list[Row], out: An
     async def stored() -> int:
         return len(state.promises)
 
-    for work in workloads(quick):
-        rows.append(await measure("embedded", work, call, stored, out))
-    await runtime.stop()
+    try:
+        yield call, stored
+    finally:
+        await runtime.stop()
+
+
+async def run_embedded(settings: Settings, quick: bool, rows: list[Row], out: Any) -> None:
+    async with embedded_client(settings) as (call, stored):
+        for work in workloads(quick):
+            rows.append(await measure("embedded", work, call, stored, out))
 
 
 # -- local server + worker processes -----------------------------------------------

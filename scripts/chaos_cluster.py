@@ -60,6 +60,7 @@ from tests.chaos.workload import (  # noqa: E402 - needs ROOT on sys.path
     run_client,
     summarize,
 )
+from tests.ports import free_port  # noqa: E402 - needs ROOT on sys.path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -246,12 +247,6 @@ def running_pods(opts: Options) -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class KubectlLogs:
     """Worker logs followed with ``kubectl logs -f`` into ``directory`` (a real cluster)."""
 
@@ -343,7 +338,7 @@ class ClusterRun:
         """The server URL, port-forwarding its Service when none was given."""
         if self.opts.server_url:
             return self.opts.server_url
-        port = _free_port()
+        port = free_port()
         service = server_service(self.opts)
         self.forward = subprocess.Popen(
             [self.opts.kubectl, "-n", self.opts.namespace, "port-forward", service,

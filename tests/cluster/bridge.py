@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.cluster.procs import die_with_parent
+from tests.cluster.procs import die_with_parent, start_logged
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -734,17 +734,8 @@ class Bridge:
             env = {**host_env(), **container_env(obj, container, self._lookup)}
             env.update(self._overrides(pod, env))
             port = int(env["RESONATE_PATTERNS_HTTP_PORT"])
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.logs,
-                    start_new_session=True,  # a Ctrl-C of the test run is not a pod deletion
-                    preexec_fn=die_with_parent,
-                )
+            # A new session: a Ctrl-C of the test run is not a pod deletion.
+            proc = start_logged(argv, log, env, cwd=self.logs, append=True, new_session=True)
         except Exception as exc:  # as a kubelet: report, back off, try again
             with self._lock:
                 self.errors.append(f"{pod.name}: {type(exc).__name__}: {exc}")

@@ -58,8 +58,9 @@ from resonate_base import PROTOCOL_VERSION
 
 from service.client import root_tags
 from tests.cluster.bridge import Bridge, release_selector
-from tests.cluster.procs import die_with_parent, free_port
+from tests.cluster.procs import start_logged
 from tests.conftest import ROOT, require_tool
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -362,16 +363,7 @@ class _Supervisor:
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Process:
         log = self.root / f"{name}.log"
-        with log.open("wb") as handle:
-            proc = subprocess.Popen(
-                [name, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                env={**os.environ, **(env or {})},
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )
+        proc = start_logged([name, *args], log, {**os.environ, **(env or {})}, cwd=self.root)
         process = _Process(name, log, proc)
         self.started.append(process)
         return process
@@ -724,15 +716,7 @@ class LocalServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
         argv = [sys.executable, "-m", "service", "server", "--host", "127.0.0.1",
                 "--port", str(port), "--data", ":memory:", "--retry-ms", "1000"]  # fmt: skip
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**env, "RESONATE_PATTERNS_LOG_FORMAT": "json"},
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )
+        proc = start_logged(argv, log, {**env, "RESONATE_PATTERNS_LOG_FORMAT": "json"})
         server = cls(f"http://127.0.0.1:{port}", log, proc)
         deadline = time.monotonic() + SERVER_READY_WITHIN
         while True:

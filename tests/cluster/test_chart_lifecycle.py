@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.chart.test_keda import KEDA_CRDS, KEDA_CRDS_INSTALL
 from tests.cluster.conftest import ControlPlane, LocalServer, eventually, submit
-from tests.cluster.procs import die_with_parent
+from tests.cluster.procs import start_logged
 from tests.conftest import ROOT, require_file, require_tool
 
 if TYPE_CHECKING:
@@ -90,17 +90,7 @@ class Process:
 
     @classmethod
     def start(cls, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Process:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )
-        return cls(name, log, proc)
+        return cls(name, log, start_logged(argv, log, env, cwd=ROOT))
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -21,21 +21,8 @@ print(",".join(sorted(m for m in sys.modules if m.startswith("service.devserver"
 """
 
 
-def test_worker_and_client__remote_mode__do_not_import_the_devserver() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "", f"imported in remote mode: {proc.stdout.strip()}"
-
-
-def test_embedded_mode__imports_the_engine_when_used() -> None:
-    probe = _PROBE.replace('"RESONATE_URL": "http://127.0.0.1:9", ', "")
+def devserver_modules_loaded(probe: str) -> list[str]:
+    """The ``service.devserver`` modules a fresh interpreter running ``probe`` has imported."""
     proc = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
@@ -45,4 +32,14 @@ def test_embedded_mode__imports_the_engine_when_used() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "service.devserver.embedded" in proc.stdout.split(",")
+    return [m for m in proc.stdout.strip().split(",") if m]
+
+
+def test_worker_and_client__remote_mode__do_not_import_the_devserver() -> None:
+    loaded = devserver_modules_loaded(_PROBE)
+    assert loaded == [], f"imported in remote mode: {loaded}"
+
+
+def test_embedded_mode__imports_the_engine_when_used() -> None:
+    probe = _PROBE.replace('"RESONATE_URL": "http://127.0.0.1:9", ', "")
+    assert "service.devserver.embedded" in devserver_modules_loaded(probe)
