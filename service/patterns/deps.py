@@ -8,7 +8,7 @@ per process.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +18,35 @@ if TYPE_CHECKING:
     from service.patterns.links import LinkSource
 
 
+#: Roots whose factorial cache floor a process remembers (oldest forgotten
+#: first): far above the chains one worker runs at once; a forgotten root only
+#: reads the store again.
+FLOOR_MEMO_ROOTS = 10_000
+
+
+@dataclass
+class FloorMemo:
+    """The cache floor found for each root in this process (bounded, oldest forgotten first).
+
+    ``floor(root)`` is the largest ``j`` whose ``factorial-{j}`` was resolved
+    when a level of ``root`` last searched (-1: none), or None if no level of
+    ``root`` searched here.
+    """
+
+    limit: int = FLOOR_MEMO_ROOTS
+    _floors: dict[str, int] = field(default_factory=dict)
+
+    def floor(self, root: str) -> int | None:
+        return self._floors.get(root)
+
+    def remember(self, root: str, floor: int) -> None:
+        floors = self._floors
+        floors.pop(root, None)
+        floors[root] = floor
+        if len(floors) > self.limit:
+            del floors[next(iter(floors))]
+
+
 @dataclass(frozen=True)
 class PatternDeps:
     """Settings, the promise store client and the link source of this process."""
@@ -25,6 +54,8 @@ class PatternDeps:
     settings: Settings
     promises: Promises
     links: LinkSource
+    #: Factorial's cache floor per root (see :mod:`service.patterns.factorial`).
+    floors: FloorMemo = field(default_factory=FloorMemo)
 
     async def simulated_io(self) -> None:
         """Wait the configured per-step latency (RESONATE_PATTERNS_STEP_DELAY_MS)."""

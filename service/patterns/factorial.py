@@ -15,11 +15,30 @@ execution, no fenced write of its own):
   and resolves it before the level returns, so any later ``factorial-{k}``
   invocation returns from the store without executing a body.
 
+The lookup, made on the first run of every level, would cost one read per
+level on the way down, and on a cold chain every one of them misses. So the
+first level of a call to run in a process finds the **cache floor** once:
+the largest ``j < k`` whose ``factorial-{j}`` is resolved, by reading
+``factorial-{k-1}`` and then bisecting ``[0, k-2]`` (at most
+``1 + ceil(log2 k)`` reads; 9 for a 200-level chain). The bisection relies on
+the cache being downward closed: a chain publishes bottom-up from the value it
+found (or from 0), so every ``factorial-{j}`` below a resolved one is resolved
+too. The floor is kept per root in
+:class:`~service.patterns.deps.FloorMemo` (per runtime, bounded),
+and every later level of that root in this process whose ``k - 1`` is above
+the floor knows its lookup misses without a read; the level right above the
+floor reads it as before (the hit). The floor is only a hint: a level that
+reads and misses recurses as before, a stale floor (another run filled the
+cache meanwhile) costs levels computed again with the same values, and a
+level on another worker process without the memo finds its own floor. The
+argument list stays ``(n,)``, so ids, logs and the client are unchanged.
+
 A level therefore costs the plain recursive rpc (acquire, fenced create of
-the child, suspend; then acquire and fulfill for the resume) plus one read
-per body run and one create and one settle: 9 requests and 2 executions.
-They were ``ctx.run`` leaf steps before (13 requests, 4 executions, 2 extra
-promises per level; ``bench/factorial_level.py`` measures both).
+the child, suspend; then acquire and fulfill for the resume) plus one read on
+the resume (the value its child published) and one create and one settle:
+8 requests and 2 executions (9 before the floor, 13 when the lookup and the
+publish were ``ctx.run`` leaf steps with 2 extra promises per level;
+``bench/factorial_level.py`` measures them).
 
 Replays. Orchestrators replay from the top: the rpc level runs once to
 dispatch its child and suspend, and again when the child settles (or on a
@@ -52,8 +71,9 @@ was unreachable. Only an input that fails :func:`check_factorial` rejects,
 before any store operation.
 
 Counting. A lookup is counted (``promise_cache_*_total{kind="lookup",
-function="factorial"}``, a hit when it found the value) by the first run of
-its level's call only: the run under the task's first lease (version 1),
+function="factorial"}``, a hit when it found the value; a level above the
+floor counts the miss the floor told it) by the first run of its level's call
+only: the run under the task's first lease (version 1),
 once per call in that process (see
 :meth:`~service.telemetry.instrument.Telemetry.lookup_done`). Replays read
 the store again but count nothing, as before. Publishes are not durable calls
@@ -139,6 +159,28 @@ async def lookup_cached(deps: PatternDeps, k: int) -> int | None:
     return value if record.state == "resolved" and isinstance(value, int) else None
 
 
+async def find_floor(deps: PatternDeps, top: int) -> tuple[int, int | None]:
+    """The largest ``j <= top`` whose ``factorial-{j}`` is resolved (-1: none), with its value.
+
+    Reads ``factorial-{top}`` first (a call one above a cached value finds it
+    in one read), then bisects ``[0, top - 1]``, taking the resolved set to
+    be downward closed (see the module docstring). Raises ``PlatformError``
+    like :func:`lookup_cached`.
+    """
+    value = await lookup_cached(deps, top)
+    if value is not None:
+        return top, value
+    low, low_value, high = -1, None, top  # low is cached (or -1), high is not
+    while high - low > 1:
+        mid = (low + high) // 2
+        found = await lookup_cached(deps, mid)
+        if found is None:
+            high = mid
+        else:
+            low, low_value = mid, found
+    return low, low_value
+
+
 async def publish(deps: PatternDeps, k: int, value: int) -> bool:
     """Store ``value`` as promise ``factorial-{k}``; True if this call resolved it.
 
@@ -159,6 +201,18 @@ async def publish(deps: PatternDeps, k: int, value: int) -> bool:
     return True
 
 
+async def _first_lookup(deps: PatternDeps, root: str, k: int) -> int | None:
+    """The cached value of ``factorial(k - 1)`` for a level's first run, through the floor."""
+    floor = deps.floors.floor(root)
+    if floor is None:
+        floor, value = await find_floor(deps, k - 1)
+        deps.floors.remember(root, floor)
+        return value if floor == k - 1 else None
+    if floor < k - 1:
+        return None  # above the floor: the search already read a miss here
+    return await lookup_cached(deps, k - 1)
+
+
 @instrumented(FACTORIAL)
 async def factorial(ctx: Context, n: object) -> int:
     """``n!``, recursing through the factorial target group and the keyed cache."""
@@ -174,7 +228,10 @@ async def factorial(ctx: Context, n: object) -> int:
             # The configured step latency, once per level call, as the lookup
             # step had it when it was a durable leaf (its replays cost nothing).
             await deps.simulated_io()
-        cached = await lookup_cached(deps, k - 1)
+        if first:
+            cached = await _first_lookup(deps, ctx.info.origin_id, k)
+        else:
+            cached = await lookup_cached(deps, k - 1)
         if first:
             telemetry.lookup_done(FACTORIAL, ctx.info.id, hit=cached is not None)
         if cached is None:

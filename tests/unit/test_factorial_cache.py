@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,8 +11,10 @@ from resonate.error import ServerError
 from resonate_base.error import ConnectorError
 
 from service.client import invoke
-from service.patterns.deps import PatternDeps
+from service.patterns.deps import FloorMemo, PatternDeps
+from service.patterns.factorial import find_floor
 from service.patterns.registry import pattern
+from tests.conftest import make_settings
 
 HITS = "resonate_patterns_promise_cache_hits_total"
 MISSES = "resonate_patterns_promise_cache_misses_total"
@@ -136,9 +139,13 @@ def _counted(runtime: Any, name: str, **labels: str) -> float:
 @pytest.mark.parametrize(
     ("failing", "lookup_misses"),
     [
-        # Level 3's first run cannot read factorial-2: its lease is released and
-        # the re-delivered run (task version 2) looks up again, uncounted.
-        (("get", "factorial-2"), 4),
+        # The root's first run cannot read factorial-4 (its floor search): its
+        # lease is released and the re-delivered run (task version 2) looks up
+        # again, uncounted; level 4 then searches the floor itself.
+        (("get", "factorial-4"), 4),
+        # Level 3's resume cannot read factorial-2 (the value its child
+        # published): released, re-delivered, read again. First runs all counted.
+        (("get", "factorial-2"), 5),
         # Level 2 (below the root) cannot write factorial-2 when it resumes:
         # released, re-delivered, published by the next run.
         (("create", "factorial-2"), 5),
@@ -172,9 +179,12 @@ async def test_cache__connector_failure_in_lookup_or_publish__task_retried_never
 async def test_cache__resume_finds_the_value_its_child_published__no_second_rpc(
     embedded: Any,
 ) -> None:
-    # Every rpc level's resume reads the cache again and, the child having
-    # published first, takes the value from it instead of replaying the rpc:
-    # a replay whose lookup answers differently from the first run's.
+    # The root's first run finds the cache floor (reads factorial-2, then
+    # bisects [0, 1]: factorial-0); levels 2 and 1 are above that floor and
+    # read nothing on their first runs. Every rpc level's resume reads the
+    # cache again and, the child having published first, takes the value from
+    # it instead of replaying the rpc: a replay whose lookup answers
+    # differently from the first run's.
     runtime = await embedded()
     promises = _flaky(runtime, set())
     seen: list[tuple[str, str]] = []
@@ -195,9 +205,104 @@ async def test_cache__resume_finds_the_value_its_child_published__no_second_rpc(
     promises.get = missing_get  # type: ignore[method-assign]
     run = await invoke(runtime, pattern("factorial"), (3,))
     assert run.result == 6
-    # Levels 3, 2, 1 miss 2, 1, 0 on their first runs, then hit on their resumes.
-    assert sorted(seen) == sorted(
-        [(f"factorial-{k}", s) for k in (2, 1, 0) for s in ("missing", "resolved")]
-    )
+    assert seen == [
+        ("factorial-2", "missing"),
+        ("factorial-0", "missing"),
+        ("factorial-0", "resolved"),
+        ("factorial-1", "resolved"),
+        ("factorial-2", "resolved"),
+    ]
     assert _counted(runtime, MISSES, function="factorial", kind="lookup") == 3
     assert _counted(runtime, HITS, function="factorial", kind="lookup") == 0
+
+
+class _Store:
+    """A fake promises client: ``get`` answers from ``resolved`` and counts its reads."""
+
+    def __init__(self, resolved: set[int]) -> None:
+        self.resolved = resolved
+        self.reads: list[int] = []
+
+    async def get(self, promise_id: str) -> Any:
+        k = int(promise_id.removeprefix("factorial-"))
+        self.reads.append(k)
+        if k not in self.resolved:
+            raise ServerError(404, "Promise not found")
+        return SimpleNamespace(state="resolved", value=SimpleNamespace(data=math.factorial(k)))
+
+
+def _deps(store: _Store) -> PatternDeps:
+    return PatternDeps(settings=make_settings(), promises=store, links=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("top", "cached_up_to"),
+    [(199, None), (199, 198), (199, 199), (199, 120), (199, 0), (1, None), (0, None), (0, 0)],
+)
+async def test_floor__bisects_a_downward_closed_cache__largest_resolved_and_its_value(
+    top: int, cached_up_to: int | None
+) -> None:
+    resolved = set() if cached_up_to is None else set(range(cached_up_to + 1))
+    store = _Store(resolved)
+    floor, value = await find_floor(_deps(store), top)
+    expected = -1 if cached_up_to is None else cached_up_to
+    assert (floor, value) == (expected, None if expected < 0 else math.factorial(expected))
+    # The top first (one read when it is cached), then a bisection of [0, top - 1].
+    assert store.reads[0] == top
+    if expected == top:
+        assert store.reads == [top]
+    else:
+        assert len(store.reads) <= 1 + math.ceil(math.log2(top + 1))
+
+
+async def test_floor__cold_200_level_chain__reads_halve_down_to_zero() -> None:
+    store = _Store(set())
+    assert await find_floor(_deps(store), 199) == (-1, None)
+    assert store.reads == [199, 99, 49, 24, 11, 5, 2, 0]
+
+
+async def test_floor__a_cache_with_holes__still_a_resolved_floor_with_its_own_value() -> None:
+    # Not downward closed (values written by hand): the bisection may settle
+    # below the highest cached value, never on an uncached one.
+    store = _Store({0, 1, 2, 3, 60, 61})
+    floor, value = await find_floor(_deps(store), 99)
+    assert floor in store.resolved
+    assert value == math.factorial(floor)
+
+
+def test_floor_memo__forgets_the_oldest_root_past_its_limit() -> None:
+    memo = FloorMemo(limit=2)
+    memo.remember("a", 3)
+    memo.remember("b", -1)
+    memo.remember("a", 5)  # rewritten: now the newest
+    memo.remember("c", 7)
+    assert (memo.floor("a"), memo.floor("b"), memo.floor("c")) == (5, None, 7)
+
+
+async def test_cache__stale_floor__levels_computed_again_never_a_wrong_value(
+    embedded: Any, executions: Any
+) -> None:
+    # A floor remembered before another run filled the cache (here: forced)
+    # makes the levels above it skip their reads: they are computed again,
+    # with the same values, and nothing cached is overwritten.
+    runtime = await embedded()
+    await invoke(runtime, pattern("factorial"), (12,))
+    memo = FloorMemo()
+    memo.remember("factorial-15", -1)
+    runtime.resonate.with_dependency(
+        PatternDeps(
+            settings=runtime.settings,
+            promises=runtime.resonate.promises,
+            links=runtime.links,
+            floors=memo,
+        )
+    )
+    executions.clear()
+    run = await invoke(runtime, pattern("factorial"), (15,))
+    assert (run.result, run.cached) == (math.factorial(15), False)
+    assert _levels(executions) == set(range(16))
+    executions.clear()
+    for k in range(16):
+        again = await invoke(runtime, pattern("factorial"), (k,))
+        assert (again.result, again.cached) == (math.factorial(k), True)
+    assert executions.started("factorial") == []
