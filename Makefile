@@ -19,7 +19,7 @@ TOOLS_DIR ?= .tools
 # 1: `make test` also runs the minutes-long soak tests, beside the rest of the suite.
 SOAK ?= 1
 
-.PHONY: demo test setup tools lint typecheck bench bench-quick clean manifests chaos
+.PHONY: demo test setup tools lint typecheck bench bench-quick profile clean manifests chaos
 
 $(STAMP): pyproject.toml scripts/find-python.sh
 	@set -euo pipefail; \
@@ -75,6 +75,27 @@ bench: setup
 # Writes to the ignored bench/out/quick, never over the committed results.
 bench-quick: setup
 	@$(PY) bench/suite.py --quick --out bench/out/quick
+
+# On-CPU profile of one cached factorial level (worker and server shares by category):
+# perf plus a Python 3.13 venv made here on first use (3.13's perf trampolines carry
+# unwind tables, so perf sees whole Python stacks). Not run by CI.
+PROFILE_VENV ?= $(TOOLS_DIR)/profile-py313
+PROFILE_ARGS ?=
+
+profile: setup
+	@set -euo pipefail; \
+	if [[ ! -x "$(PROFILE_VENV)/bin/python" ]]; then \
+	  interp=""; \
+	  for c in python3.13 "$$HOME"/.pyenv/versions/3.13*/bin/python3.13; do \
+	    if "$$c" -c 'import sys; assert sys.version_info >= (3, 13)' 2>/dev/null; then interp=$$c; break; fi; \
+	  done; \
+	  if [[ -z "$$interp" ]]; then echo "error: make profile needs python3.13 (its perf trampolines carry unwind tables)" >&2; exit 2; fi; \
+	  echo "==> creating $(PROFILE_VENV) with $$interp (the project's runtime dependencies)"; \
+	  "$$interp" -m venv "$(PROFILE_VENV)"; \
+	  $(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > "$(PROFILE_VENV)/requirements.txt"; \
+	  "$(PROFILE_VENV)/bin/pip" install -q --disable-pip-version-check -r "$(PROFILE_VENV)/requirements.txt"; \
+	fi; \
+	$(PY) bench/profile_level.py --python "$(PROFILE_VENV)/bin/python" $(PROFILE_ARGS)
 
 manifests: tools
 	@PATH="$(CURDIR)/$(TOOLS_DIR)/bin:$$PATH" $(PY) scripts/render_manifests.py
