@@ -6,11 +6,14 @@ workers of its own), each served by one worker process started here:
 
   cached   this project's ``factorial`` (keyed cache: lookup + publish per
            level) on a project worker (``build_runtime(role="worker")``: the
-           project connector, drain gate, heartbeats, telemetry, logging)
+           project connector, drain gate, heartbeats, telemetry, logging) on
+           the event loop ``resonate-patterns worker`` runs (uvloop when
+           installed, :func:`service.cli.common.run_loop`)
   plain    a plain recursive-rpc factorial (``ctx.rpc(self, n - 1)``, no cache,
            instrumented like ``factorial``) on that same worker process
   stock    the same plain factorial on the stock SDK client
            (``Resonate(url=...)``: its own HTTP connection, no project code)
+           under ``asyncio.run``, as the seed ran it
 
 Each round runs every variant once, interleaved, on about 200 new levels:
 round r invokes ``factorial(5 + 200 r)`` (the 200 levels above the previous
@@ -348,7 +351,11 @@ def main() -> int:
     parser.add_argument("--stock-worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.project_worker:
-        asyncio.run(project_worker(args.project_worker))
+        from service.cli.common import run_loop
+
+        # On the loop a deployed worker runs on (``resonate-patterns worker``:
+        # uvloop when installed); the stock worker on asyncio's, as the seed.
+        run_loop(project_worker(args.project_worker))
         return 0
     if args.stock_worker:
         asyncio.run(stock_worker(args.stock_worker))
