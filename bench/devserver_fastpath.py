@@ -8,7 +8,10 @@ or off, and replays that recording over the workers' own HTTP connector
 (:class:`~service.connector.http.PooledHttpNetwork`, keep-alive): ``C``
 clients at once, each a copy of the run under its own ids, each sending its
 requests one after another as a worker does. Runs alternate on/off so that
-drift on a shared host hits both alike; the table shows medians.
+drift on a shared host hits both alike; the table shows medians. Server CPU
+per request is the server process's on-CPU time over the replay (all its
+threads, from ``/proc/<pid>/task/*/schedstat``, nanoseconds; 0 where that
+file does not exist), divided by the requests sent.
 
 Usage: python bench/devserver_fastpath.py [--n 60] [--runs 5] [--concurrency 1,4]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import statistics
 import sys
@@ -103,10 +107,21 @@ async def replay(url: str, copies: list[list[bytes]]) -> tuple[float, list[float
     return elapsed, latencies, dict(statuses)
 
 
+def cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds of every thread of process ``pid`` so far (0 when unknown)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 async def measure(
     bodies: list[bytes], fast_path: bool, concurrency: int, run: int
-) -> tuple[float, float, float, dict[int, int]]:
-    """One run on a fresh server: (requests/s, median latency µs, p99 latency µs, statuses)."""
+) -> tuple[float, float, float, float, dict[int, int]]:
+    """One run on a fresh server: (requests/s, median and p99 latency µs, server CPU µs/request,
+    statuses)."""
     copies = [
         [b.replace(ID_ROOT, b"r%dc%d-%s" % (run, i, ID_ROOT)) for b in bodies]
         for i in range(concurrency)
@@ -126,14 +141,17 @@ async def measure(
         assert child.stdout is not None
         try:
             port = int(await child.stdout.readline())
+            cpu_before = cpu_ns(child.pid)
             elapsed, latencies, statuses = await replay(f"http://127.0.0.1:{port}", copies)
+            cpu = cpu_ns(child.pid) - cpu_before
         finally:
             child.stdin.close()
             await asyncio.wait_for(child.wait(), 30)
     total = sum(len(c) for c in copies)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return total / elapsed, statistics.median(latencies) * 1e6, p99 * 1e6, statuses
+    cpu_us = cpu / total / 1e3
+    return total / elapsed, statistics.median(latencies) * 1e6, p99 * 1e6, cpu_us, statuses
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -143,28 +161,34 @@ async def main(args: argparse.Namespace) -> None:
     mix = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
     print(f"factorial({args.n}): {len(bodies)} requests ({mix})")
     print(f"host: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.runs} runs each\n")
-    print("| clients | fast path | requests/s | median latency (µs) | p99 latency (µs) |")
-    print("|---:|:---|---:|---:|---:|")
+    print(
+        "| clients | fast path | requests/s | median latency (µs) | p99 latency (µs) "
+        "| server CPU (µs/request) |"
+    )
+    print("|---:|:---|---:|---:|---:|---:|")
     for concurrency in args.concurrency:
-        results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+        results: dict[bool, list[tuple[float, float, float, float]]] = {True: [], False: []}
         seen: collections.Counter[int] = collections.Counter()
         for run in range(args.runs):
             # Alternate which goes first, so neither always runs on a warmer host.
             order = (True, False) if run % 2 == 0 else (False, True)
             for fast in order:
-                rps, p50, p99, statuses = await measure(bodies, fast, concurrency, run)
+                rps, p50, p99, cpu, statuses = await measure(bodies, fast, concurrency, run)
                 assert statuses.get(500, 0) == 0, statuses
                 seen.update(statuses)
-                results[fast].append((rps, p50, p99))
+                results[fast].append((rps, p50, p99, cpu))
         for fast in (True, False):
             rps = statistics.median(r[0] for r in results[fast])
             p50 = statistics.median(r[1] for r in results[fast])
             p99 = statistics.median(r[2] for r in results[fast])
+            cpu = statistics.median(r[3] for r in results[fast])
             label = "on" if fast else "off"
-            print(f"| {concurrency} | {label} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} |")
+            print(
+                f"| {concurrency} | {label} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:,.1f} |"
+            )
         on = statistics.median(r[0] for r in results[True])
         off = statistics.median(r[0] for r in results[False])
-        print(f"| {concurrency} | gain | {on / off - 1:+.0%} | | |")
+        print(f"| {concurrency} | gain | {on / off - 1:+.0%} | | | |")
         replies = ", ".join(f"{status}: {count}" for status, count in sorted(seen.items()))
         print(f"<!-- {concurrency} clients, reply statuses over all runs: {replies} -->")
 

@@ -11,6 +11,7 @@ module only reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -26,8 +27,25 @@ class Address:
     pid: str | None
 
 
+#: Longest address whose parse is cached (longer ones are parsed every time,
+#: so a client cannot pin large strings in the cache).
+_CACHED_CHARS = 512
+
+
 def parse_address(raw: str) -> Address | None:
     """Parse a ``poll://`` address; None if it is not one this server delivers to."""
+    # Cached: a server sees a handful of distinct addresses (one per group, one
+    # per process), and ``urlsplit`` costs several µs on every created promise
+    # and every push message. An Address is immutable, so sharing one is safe.
+    return _parse_cached(raw) if len(raw) <= _CACHED_CHARS else _parse(raw)
+
+
+def is_routable(raw: str) -> bool:
+    """Whether the official server would accept ``raw`` as a target/listener address."""
+    return _routable_cached(raw) if len(raw) <= _CACHED_CHARS else _routable(raw)
+
+
+def _parse(raw: str) -> Address | None:
     try:
         parts = urlsplit(raw)
     except ValueError:
@@ -43,8 +61,7 @@ def parse_address(raw: str) -> Address | None:
     return None
 
 
-def is_routable(raw: str) -> bool:
-    """Whether the official server would accept ``raw`` as a target/listener address."""
+def _routable(raw: str) -> bool:
     if parse_address(raw) is not None:
         return True
     try:
@@ -52,3 +69,7 @@ def is_routable(raw: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https", "gcps") and bool(parts.netloc)
+
+
+_parse_cached = lru_cache(maxsize=1024)(_parse)
+_routable_cached = lru_cache(maxsize=1024)(_routable)

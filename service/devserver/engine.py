@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from service.connector.sdk import now_ms
@@ -61,7 +62,8 @@ class Engine:
         self._gate = gate
         self._applied = 0
         self._durable = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: (change number, then, failed) of each request waiting for its commit.
+        self._waiters: list[tuple[int, Callable[[], None], Callable[[Exception], None]]] = []
         self._flush_scheduled = False
         self._ticker: asyncio.Task[None] | None = None
         self._log = get_logger("service.devserver")
@@ -101,12 +103,45 @@ class Engine:
 
     async def request(self, envelope: object) -> Reply:
         """Apply one decoded request envelope; return its reply once the change is durable."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
+        self.submit(envelope, partial(_set_result, fut), partial(_set_exception, fut))
+        return await fut
+
+    def submit(
+        self,
+        envelope: object,
+        done: Callable[[Reply], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """Apply one decoded request envelope; call ``done(reply)`` once the change is durable.
+
+        :meth:`request` without a coroutine: ``done`` runs before this returns
+        when nothing is left to commit (a read), else from the group commit
+        itself, so the reply goes out in the commit's own loop turn instead of
+        waking a task one turn later. What the apply raises propagates from
+        here; what the commit or the delivery raises goes to ``failed``. Once
+        the apply succeeded, exactly one of ``done`` and ``failed`` is called.
+        """
         started = time.perf_counter()
         reply = self.state.apply(self._clock(), envelope, self._gate)
-        await self._settle_effects()
-        if self._metrics is not None:
-            self._metrics.observe_request(reply.kind, reply.status, time.perf_counter() - started)
-        return reply
+        outbox = self.state.take_outbox()
+        if self._has_dirty():
+            self._applied += 1
+
+        def then() -> None:
+            try:
+                # As in ``_settle_effects``: messages go out only once durable.
+                self._deliver(outbox)
+                if self._metrics is not None:
+                    seconds = time.perf_counter() - started
+                    self._metrics.observe_request(reply.kind, reply.status, seconds)
+            except Exception as exc:
+                failed(exc)
+                return
+            done(reply)
+
+        self._when_durable(self._applied, then, failed)
 
     async def release_pid(self, pid: str) -> list[str]:
         """Release every task leased to ``pid``; return their ids."""
@@ -141,15 +176,28 @@ class Engine:
             return
         if target <= self._durable:
             return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((target, fut))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._when_durable(target, partial(_set_result, fut, None), partial(_set_exception, fut))
+        await fut
+
+    def _when_durable(
+        self, target: int, then: Callable[[], None], failed: Callable[[Exception], None]
+    ) -> None:
+        """Call ``then()`` once change ``target`` is committed (at once if it is), or ``failed``."""
+        if self.store is None:
+            self.state.clear_dirty()
+            self._durable = self._applied
+            then()
+            return
+        if target <= self._durable:
+            then()
+            return
+        self._waiters.append((target, then, failed))
         if not self._flush_scheduled:
             # Flush after the requests already read in this loop iteration
             # have been applied, so they share one commit (group commit).
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        await fut
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Commit every change applied so far and release the requests waiting on it.
@@ -168,20 +216,23 @@ class Engine:
             # Nothing of this batch was acknowledged; fail its requests loudly
             # rather than pretending they are stored.
             self._log.error("store_write_failed", error=str(exc))
-            for _, fut in self._waiters:
-                if not fut.done():
-                    fut.set_exception(exc)
-            self._waiters.clear()
+            failing, self._waiters = self._waiters, []
+            for _, _, failed in failing:
+                self._run(failed, exc)
             return
         self._durable = upto
-        still: list[tuple[int, asyncio.Future[None]]] = []
-        for target, fut in self._waiters:
-            if target <= upto:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                still.append((target, fut))
-        self._waiters = still
+        ready = [w for w in self._waiters if w[0] <= upto]
+        self._waiters = [w for w in self._waiters if w[0] > upto]
+        # In arrival order, as the tasks these callbacks replace would have resumed.
+        for _, then, _ in ready:
+            self._run(then)
+
+    def _run[*A](self, callback: Callable[[*A], None], *args: *A) -> None:
+        """Run one waiter's callback; a failure in one never holds up the others."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            self._log.exception("durable_callback_failed", error=str(exc))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -196,3 +247,13 @@ class Engine:
             if deadline is not None:
                 wait = min(max((deadline - self._clock()) / 1000, 0.005), MAX_TICK_SECONDS)
             await asyncio.sleep(wait)
+
+
+def _set_result[T](fut: asyncio.Future[T], value: T) -> None:
+    if not fut.done():  # a waiter whose task was cancelled no longer listens
+        fut.set_result(value)
+
+
+def _set_exception[T](fut: asyncio.Future[T], exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -30,10 +30,12 @@ from service.connector.sdk import PROTOCOL_VERSION
 from service.telemetry.logging import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
-#: The API handler: request body in, (HTTP status, JSON reply body) out.
-type ApiHandler = Callable[[bytes | None], Awaitable[tuple[int, bytes]]]
+#: The API handler: request body in; it calls back with (HTTP status, JSON
+#: reply body), before it returns or later (once the request's change is
+#: committed), exactly once.
+type ApiHandler = Callable[[bytes | None, Callable[[int, bytes], None]], None]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE_ERROR = b"pipelined requests after POST / must also be POST /\n"
@@ -98,8 +100,10 @@ class ApiFastPath(asyncio.Protocol):
         self._expect_continue = False
         self._continue_owed = False  # a 100 Continue to send once the queue is answered
         self._queue: deque[tuple[bytes | None, bool, bool]] = deque()
-        self._serving = False
-        self._task: asyncio.Task[None] | None = None
+        self._serving = False  # answering the queue (a reply may be outstanding)
+        self._outstanding: tuple[bool, bool] | None = None  # (keep-alive, HTTP/1.0) of it
+        self._in_serve = False  # ``_serve`` is on the stack (a reply came back at once)
+        self._idle: asyncio.Future[None] | None = None  # set once serving stops (shutdown)
         self._paused = False
 
     # ------------------------------------------------------------ transport
@@ -144,9 +148,9 @@ class ApiFastPath(asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             transport.pause_reading()
-        task = self._task
-        if task is not None and not task.done():
-            await asyncio.wait({task}, timeout=grace)
+        if self._serving:
+            self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._idle}, timeout=grace)
         self.close()
 
     # -------------------------------------------------------- parser callbacks
@@ -201,55 +205,86 @@ class ApiFastPath(asyncio.Protocol):
             self._paused = True
         if not self._serving:
             self._serving = True
-            # Started eagerly: it runs to its first real wait right here,
-            # without a trip through the event loop.
-            loop = asyncio.get_running_loop()
-            self._task = asyncio.Task(self._serve(), loop=loop, eager_start=True)
+            # Answered right here, without a trip through the event loop; a
+            # reply that waits for a commit is written from the commit itself.
+            self._serve()
 
     # --------------------------------------------------------------- serving
 
-    async def _serve(self) -> None:
-        """Answer queued requests in arrival order (HTTP/1.1 pipelining rules)."""
+    def _serve(self) -> None:
+        """Answer queued requests in arrival order (HTTP/1.1 pipelining rules).
+
+        One request at a time: the next is handed to the API handler only
+        once the reply before it is written (:meth:`_answered`).
+        """
+        self._in_serve = True
         try:
-            while self._queue:
+            while self._queue and self._outstanding is None:
                 body, keep_alive, http10 = self._queue.popleft()
                 if self._paused and not self._closing and len(self._queue) < _MAX_QUEUED // 2:
                     self._paused = False
                     if self._transport is not None:
                         self._transport.resume_reading()
+                self._outstanding = (keep_alive, http10)
                 try:
-                    status, reply = await self._api(body)
+                    self._api(body, self._answered)
                 except Exception as exc:  # a server bug: answered, and never silent
                     get_logger("service.devserver").exception(
                         "request_failed", error=str(exc) or type(exc).__name__
                     )
-                    status, reply, keep_alive = 500, _INTERNAL_ERROR, False
-                transport = self._transport
-                if transport is None:
-                    return
-                if not keep_alive:
-                    connection = b"Connection: close\r\n"
-                elif http10:
-                    connection = b"Connection: keep-alive\r\n"
-                else:
-                    connection = b""
-                head = _STATUS_LINES.get(status) or _status_line(status)
-                transport.write(
-                    b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
-                    % (head, len(reply), connection, reply)
-                )
-                if not keep_alive:
-                    self._queue.clear()
-                    self._closing = True
-                    transport.close()
-                    return
-            if self._refusal is not None:
-                self._refuse()
-            elif self._continue_owed and self._transport is not None:
-                self._continue_owed = False
-                self._transport.write(_CONTINUE)
+                    if self._outstanding is not None:
+                        self._outstanding = (False, http10)
+                        self._answered(500, _INTERNAL_ERROR)
+                if self._outstanding is not None or not self._serving:
+                    return  # answered later from the commit, or the connection is done
+            self._drained()
         finally:
-            self._serving = False
+            self._in_serve = False
+
+    def _answered(self, status: int, reply: bytes) -> None:
+        """Write the reply to the request being answered, then go on with the queue."""
+        outstanding = self._outstanding
+        if outstanding is None:  # answered already (never twice)
+            return
+        self._outstanding = None
+        keep_alive, http10 = outstanding
+        transport = self._transport
+        if transport is None or transport.is_closing():  # gone (or shut down) meanwhile
+            self._stop_serving()
+            return
+        if not keep_alive:
+            connection = b"Connection: close\r\n"
+        elif http10:
+            connection = b"Connection: keep-alive\r\n"
+        else:
+            connection = b""
+        head = _STATUS_LINES.get(status) or _status_line(status)
+        transport.write(
+            b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (head, len(reply), connection, reply)
+        )
+        if not keep_alive:
+            self._queue.clear()
+            self._closing = True
+            transport.close()
+            self._stop_serving()
+            return
+        if not self._in_serve:
+            self._serve()  # a reply from the commit: the queue goes on from here
+
+    def _drained(self) -> None:
+        """Every queued request is answered: send what was held back, then stop serving."""
+        if self._refusal is not None:
+            self._refuse()
+        elif self._continue_owed and self._transport is not None:
+            self._continue_owed = False
+            self._transport.write(_CONTINUE)
+        self._stop_serving()
+
+    def _stop_serving(self) -> None:
+        self._serving = False
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _refuse(self) -> None:
         transport = self._transport

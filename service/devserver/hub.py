@@ -42,6 +42,8 @@ from service.telemetry.logging import get_logger
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from prometheus_client import Counter
+
     from service.devserver.metrics import ServerMetrics
     from service.devserver.model import Outgoing
     from service.devserver.protocol import JsonObject
@@ -139,6 +141,8 @@ class Hub:
         #: (group, pid) -> held unicast messages.
         self._held_uni: OrderedDict[tuple[str, str], deque[JsonObject]] = OrderedDict()
         self._metrics = metrics
+        #: (message kind, outcome) -> its counter child, resolved once.
+        self._counters: dict[tuple[str, str], Counter] = {}
         self._log = get_logger("service.devserver.hub")
 
     def connected(self) -> dict[str, int]:
@@ -159,7 +163,11 @@ class Hub:
 
     def _count(self, message: JsonObject, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.messages.labels(_message_kind(message), outcome).inc()
+            key = (_message_kind(message), outcome)
+            counter = self._counters.get(key)
+            if counter is None:  # resolving label values costs more than the increment
+                counter = self._counters[key] = self._metrics.messages.labels(*key)
+            counter.inc()
 
     def connect(self, group: str, pid: str, capacity: int | None = None) -> Connection:
         """Register a stream and hand it whatever was held for it (within its capacity)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -161,7 +162,7 @@ class DevServer:
         # Connections start on the ``POST /`` fast path and are handed to
         # aiohttp (``fallback``) at their first other request.
         def fast() -> asyncio.Protocol:
-            return ApiFastPath(self.api, fallback, MAX_BODY_BYTES, self._fast)
+            return ApiFastPath(self.answer, fallback, MAX_BODY_BYTES, self._fast)
 
         factory: Callable[[], asyncio.Protocol] = fast if self.options.fast_path else fallback
         self._listener = await asyncio.get_running_loop().create_server(
@@ -226,25 +227,61 @@ class DevServer:
 
         The HTTP status mirrors the reply's ``head.status``.
         """
-        if body is None:
-            out = Reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes")
-        else:
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+        def done(status: int, reply: bytes) -> None:
+            if not fut.done():
+                fut.set_result((status, reply))
+
+        self.answer(body, done)
+        return await fut
+
+    def answer(self, body: bytes | None, done: Callable[[int, bytes], None]) -> None:
+        """:meth:`api` without a coroutine: ``done(status, reply body)`` is called once.
+
+        Before this returns for a reply that waits for no commit, else from
+        the engine's group commit (the fast path writes the reply from there).
+        """
+
+        answered = False
+
+        def send(out: Reply) -> None:
+            nonlocal answered
             try:
-                envelope = msgspec.json.decode(body)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                # Malformed JSON, or strings that are not UTF-8: the client's mistake.
-                out = self._refused(400, f"Invalid request envelope: {exc}", type(exc).__name__)
-            except RecursionError:
-                out = self._refused(400, "Invalid request envelope: nested too deeply", "depth")
-            else:
-                try:
-                    out = await self.engine.request(envelope)
-                except RecursionError:  # a value nested past what the store can encode
-                    out = self._refused(400, "Invalid request: nested too deeply", "depth")
-                except Exception as exc:  # a bug here, never the client's fault
-                    self._log.exception("request_failed", error=str(exc))
-                    out = Reply("unknown", "0", 500, f"Internal error: {exc}")
-        return out.status, msgspec.json.encode(out.envelope())
+                reply = msgspec.json.encode(out.envelope())
+            except Exception as exc:  # a reply this server cannot encode: its bug
+                internal_error(exc)
+                return
+            if not answered:  # once, even if ``done`` itself raised
+                answered = True
+                done(out.status, reply)
+
+        def internal_error(exc: Exception) -> None:
+            self._log.error("request_failed", error=str(exc), exc_info=exc)
+            send(Reply("unknown", "0", 500, f"Internal error: {exc}"))
+
+        def failed(exc: Exception) -> None:
+            if isinstance(exc, RecursionError):  # a value nested past what the store can encode
+                send(self._refused(400, "Invalid request: nested too deeply", "depth"))
+            else:  # a bug here, never the client's fault
+                internal_error(exc)
+
+        if body is None:
+            send(Reply("unknown", "0", 413, f"Request body larger than {MAX_BODY_BYTES} bytes"))
+            return
+        try:
+            envelope = msgspec.json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # Malformed JSON, or strings that are not UTF-8: the client's mistake.
+            send(self._refused(400, f"Invalid request envelope: {exc}", type(exc).__name__))
+            return
+        except RecursionError:
+            send(self._refused(400, "Invalid request envelope: nested too deeply", "depth"))
+            return
+        try:
+            self.engine.submit(envelope, send, failed)
+        except Exception as exc:  # raised by the apply: nothing was answered yet
+            failed(exc)
 
     def _refused(self, status: int, message: str, reason: str) -> Reply:
         """A client's mistake: a 4xx reply and one log line (never a 500)."""
@@ -432,6 +469,10 @@ async def serve(options: ServerOptions, host: str, port: int, stop: asyncio.Even
     """Run a server until ``stop`` is set."""
     server = DevServer(options)
     await server.start(host, port)
+    # Everything allocated so far (modules, the loaded store) lives as long
+    # as the process: out of the collector's sight, a full collection scans
+    # only what requests added, not ~30 ms of startup objects each time.
+    gc.freeze()
     try:
         await stop.wait()
     finally:

@@ -131,6 +131,52 @@ async def test_pipelined_posts__answered_in_order(connect: Connect) -> None:
     assert [json.loads(b)["head"]["corrId"] for _, _, b in replies] == [f"p{i}" for i in range(8)]
 
 
+def create(promise_id: str, corr: str) -> bytes:
+    return json.dumps(
+        {
+            "kind": "promise.create",
+            "head": {"corrId": corr, "version": PROTOCOL_VERSION},
+            "data": {"id": promise_id, "timeoutAt": 2**62},
+        }
+    ).encode()
+
+
+async def test_pipelined_writes_and_reads__answered_in_order_each_after_its_commit(
+    connect: Connect,
+) -> None:
+    # Writes are answered from the group commit, reads at once: the replies
+    # still come back in request order, and a read sees the write before it.
+    conn = await connect()
+    bodies = [create("w1", "a"), envelope("w1", "b"), create("w2", "c"), envelope("w2", "d")]
+    await conn.send(b"".join(post(b) for b in bodies))
+    replies = await conn.expect(4)
+    assert [json.loads(b)["head"]["corrId"] for _, _, b in replies] == ["a", "b", "c", "d"]
+    assert [status for status, _, _ in replies] == [200] * 4
+
+
+async def test_a_failed_commit__500_for_the_request_and_nothing_answered_early(
+    server: tuple[DevServer, int], connect: Connect
+) -> None:
+    srv, _ = server
+    store = srv.engine.store
+    assert store is not None
+
+    def broken(batch: object) -> None:
+        raise OSError("disk gone")
+
+    store.write = broken  # type: ignore[method-assign]
+    conn = await connect()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await conn.send(post(create("lost", "c1")))
+            status, _, body = (await conn.expect(1))[0]
+    finally:
+        del store.write  # the server's own stop commits again
+    assert status == 500
+    assert json.loads(body)["data"] == "Internal error: disk gone"
+    assert [e["error"] for e in logs if e["event"] == "request_failed"] == ["disk gone"]
+
+
 async def test_other_requests_are_handed_to_aiohttp_mid_connection(connect: Connect) -> None:
     conn = await connect()
     await conn.send(post(envelope("x")))
@@ -278,10 +324,10 @@ async def test_a_failing_api_handler__500_and_closed(
 ) -> None:
     srv, _ = server
 
-    async def broken(body: bytes | None) -> tuple[int, bytes]:
+    def broken(body: bytes | None, done: Callable[[int, bytes], None]) -> None:
         raise RuntimeError("boom")
 
-    srv.api = broken  # type: ignore[method-assign]
+    srv.answer = broken  # type: ignore[method-assign]
     conn = await connect()
     with structlog.testing.capture_logs() as logs:
         await conn.send(post(envelope("x")))
