@@ -37,6 +37,7 @@ __all__ = [
     "HEARTBEAT_FAILURES_NAME",
     "STREAM_RECONNECTS_NAME",
     "BacklogMetrics",
+    "ExecutionSeries",
     "HeartbeatFailure",
     "LabelledChildren",
     "OperatorMetrics",
@@ -62,6 +63,52 @@ class LabelledChildren:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+
+class ExecutionSeries:
+    """The series one function's executions update, resolved once per function.
+
+    Every run of a body updates five (in flight up and down, the outcome
+    count, the depth and duration histograms), and resolving a series by its
+    label values cost about as much as the update. Each series is created
+    when it is first updated, as before (in flight at the first start, the
+    others at the first finish), so a scrape shows the same series.
+    """
+
+    def __init__(self, metrics: WorkerMetrics, function: str) -> None:
+        self._metrics = metrics
+        self._function = function
+        self._in_flight: Any = None
+        self._by_outcome: dict[str, Any] = {}
+        self._depth: Any = None
+        self._duration: Any = None
+        self._deepest = -1
+
+    @property
+    def in_flight(self) -> Any:
+        """The in-flight gauge (its series created on first use)."""
+        gauge = self._in_flight
+        if gauge is None:
+            metrics = self._metrics
+            gauge = self._in_flight = metrics.in_flight.labels(self._function, metrics.group)
+        return gauge
+
+    def finished(self, depth: int, outcome: Outcome, seconds: float) -> None:
+        """Record one finished run of the body."""
+        m, function, group = self._metrics, self._function, self._metrics.group
+        counter = self._by_outcome.get(outcome)
+        if counter is None:
+            counter = self._by_outcome[outcome] = m.executions.labels(function, group, outcome)
+        counter.inc()
+        if self._depth is None:  # created here, at the first finish, as before
+            self._depth = m.execution_depth.labels(function, group)
+        self._depth.observe(depth)
+        if depth > self._deepest:
+            self._deepest = depth
+            m.execution_depth_max.labels(function, group).set(depth)
+        if self._duration is None:
+            self._duration = m.execution_duration.labels(function, group)
+        self._duration.observe(seconds)
 
 
 class WorkerMetrics:
@@ -90,7 +137,7 @@ class WorkerMetrics:
         self.stream_connected = n.STREAM_CONNECTED.gauge(r)
         self.stream_reconnects = n.STREAM_RECONNECTS.counter(r)
         self.heartbeat_failures = n.HEARTBEAT_FAILURES.counter(r)
-        self._deepest: dict[str, int] = {}
+        self._series: dict[str, ExecutionSeries] = {}
         self._child = LabelledChildren()
         # Pre-create label sets that must exist from the first scrape, so
         # rate() and absent() queries work before the first event.
@@ -150,21 +197,22 @@ class WorkerMetrics:
         label = reason if reason in SDK_DROP_REASONS else "other"
         self._child(self.sdk_dropped, self.group, label).inc()
 
+    def execution_series(self, function: str) -> ExecutionSeries:
+        """The execution series of ``function`` in this group (kept: resolve it once)."""
+        series = self._series.get(function)
+        if series is None:
+            series = self._series[function] = ExecutionSeries(self, function)
+        return series
+
     def execution_finished(
         self, function: str, depth: int, outcome: Outcome, seconds: float
     ) -> None:
         """Record one finished run of a function body."""
-        group = self.group
-        self._child(self.executions, function, group, outcome).inc()
-        self._child(self.execution_depth, function, group).observe(depth)
-        if depth > self._deepest.get(function, -1):
-            self._deepest[function] = depth
-            self.execution_depth_max.labels(function, group).set(depth)
-        self._child(self.execution_duration, function, group).observe(seconds)
+        self.execution_series(function).finished(depth, outcome, seconds)
 
     def in_flight_for(self, function: str) -> Any:
         """The in-flight gauge of ``function`` in this group."""
-        return self._child(self.in_flight, function, self.group)
+        return self.execution_series(function).in_flight
 
     def fanout(self, function: str, width: int) -> None:
         """Record the number of children one fan-out spawned."""

@@ -261,3 +261,19 @@ def test_definitions__each_process_exports_exactly_its_defined_metrics() -> None
     backlog = BacklogMetrics()
     backlog.scanned({"workers": (1, 2)}, 0.01)
     assert _exported(backlog.registry) == _defined(BACKLOG_METRICS)
+
+
+def test_execution_series__each_created_at_its_first_update_only() -> None:
+    worker = WorkerMetrics("workers")
+    labels = {"function": "f", "group": "workers"}
+    worker.execution_finished("f", 1, "resolved", 0.01)
+    get = worker.registry.get_sample_value
+    assert get("resonate_patterns_executions_in_flight", labels) is None
+    assert get("resonate_patterns_execution_depth_count", labels) == 1
+    assert get("resonate_patterns_executions_total", {**labels, "outcome": "resolved"}) == 1
+    assert get("resonate_patterns_executions_total", {**labels, "outcome": "rejected"}) is None
+    worker.in_flight_for("f").inc()
+    assert get("resonate_patterns_executions_in_flight", labels) == 1
+    worker.execution_finished("f", 0, "rejected", 0.02)
+    assert get("resonate_patterns_execution_depth_max", labels) == 1
+    assert get("resonate_patterns_execution_duration_seconds_count", labels) == 2

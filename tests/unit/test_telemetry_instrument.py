@@ -137,3 +137,82 @@ async def test_execution_context__bound_while_the_body_runs__outer_context_resto
         }
     ]
     assert after == {"pid": "w-1"}
+
+
+async def test_execution_lines__content_and_key_order_as_captured() -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    with structlog.testing.capture_logs() as logs:
+        await leaf(_Ctx(telemetry, "r:1.1", "r:1"), 3)
+        with pytest.raises(RuntimeError, match="boom"):
+            await context_probe(_Ctx(telemetry, "r:1.2", "r:1"), [], True)
+    context = {"promise_id": "r:1.1", "root_id": "r", "function": "leaf", "depth": 2}
+    started, finished, _, failed = logs
+    assert list(started.items()) == [
+        ("logger", "service.execution"),
+        ("args", "3"),
+        *context.items(),
+        ("attempt", 1),
+        ("event", "execution_started"),
+        ("log_level", "info"),
+    ]
+    duration = finished["duration_ms"]
+    assert isinstance(duration, float)
+    assert list(finished.items()) == [
+        ("logger", "service.execution"),
+        *context.items(),
+        ("attempt", 1),
+        ("outcome", "resolved"),
+        ("duration_ms", duration),
+        ("event", "execution_finished"),
+        ("log_level", "info"),
+    ]
+    assert (failed["outcome"], failed["error"], failed["function"]) == (
+        "rejected",
+        "boom",
+        "context_probe",
+    )
+    assert list(failed)[-3:] == ["error", "event", "log_level"]
+
+
+async def test_execution_context__each_execution_binds_its_own__nested_restored() -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    seen: list[dict[str, Any]] = []
+    for promise_id in ("a:1", "b:1.1"):  # the first bind may learn the variables
+        await context_probe(_Ctx(telemetry, promise_id, promise_id), seen, False)
+    assert [(s["promise_id"], s["root_id"], s["depth"]) for s in seen] == [
+        ("a:1", "a", 1),
+        ("b:1.1", "b", 2),
+    ]
+
+    @instrumented("outer")
+    async def outer(ctx: Any) -> dict[str, Any]:
+        await context_probe(_Ctx(telemetry, "c:1.1", "c:1"), seen, False)
+        return structlog.contextvars.get_contextvars()
+
+    after = await outer(_Ctx(telemetry, "c:1", "c"))
+    assert seen[-1]["promise_id"] == "c:1.1"
+    assert (after["promise_id"], after["function"], after["depth"]) == ("c:1", "outer", 1)
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+async def test_execution_metrics__series_created_when_first_updated() -> None:
+    telemetry = Telemetry(WorkerMetrics("workers"))
+    registry = telemetry.metrics.registry
+    in_flight = telemetry.metrics.in_flight_for("leaf")
+    assert in_flight is telemetry.metrics.in_flight_for("leaf")
+    labels = {"function": "leaf", "group": "workers"}
+    assert registry.get_sample_value("resonate_patterns_executions_in_flight", labels) == 0
+    assert registry.get_sample_value("resonate_patterns_execution_depth_count", labels) is None
+    await leaf(_Ctx(telemetry, "r:1.1.1", "r:1.1"), 1)
+    await leaf(_Ctx(telemetry, "r:1", "r"), 1)
+    assert registry.get_sample_value("resonate_patterns_execution_depth_count", labels) == 2
+    assert registry.get_sample_value("resonate_patterns_execution_depth_sum", labels) == 4
+    assert registry.get_sample_value("resonate_patterns_execution_depth_max", labels) == 3
+    assert (
+        registry.get_sample_value("resonate_patterns_execution_duration_seconds_count", labels) == 2
+    )
+    assert (
+        _value(telemetry, "resonate_patterns_executions_total", function="leaf", outcome="resolved")
+        == 2
+    )
+    assert registry.get_sample_value("resonate_patterns_executions_in_flight", labels) == 0
