@@ -233,18 +233,14 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 async def drive(rounds: int, levels: int) -> dict[str, Any]:
-    from service.config import load_settings
-    from service.local.supervisor import Stack, plan_stack
+    from common import start_stack
 
     results: dict[str, dict[str, list[Any]]] = {
         v: {"ms": [], "requests": [], "kinds": [], "worker_cpu_ms": [], "server_cpu_ms": []}
         for v in VARIANTS
     }
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings({"RESONATE_PATTERNS_DATA_DIR": tmp})
-        plan = plan_stack(settings, workers=0, port=0, data=None, group=None)
-        stack = Stack(plan, out=lambda _: None)
-        await stack.start()
+        stack = await start_stack(Path(tmp), workers=0)
         url = stack.plan.url
         workers: dict[str, Child] = {}
         try:

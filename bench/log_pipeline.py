@@ -107,7 +107,7 @@ def _stdlib(filtering: bool) -> None:
 
 def _bytes() -> None:
     """structlog's fast path into its own ``BytesLogger``; stdlib records via a handler."""
-    from service.telemetry.logging import _json_bytes, setup_logging
+    from service.telemetry.logging import _json_bytes, eager_processors, setup_logging
 
     setup_logging("info", "json")  # the project's level filter and stdlib handler ...
     handler = logging.StreamHandler(sys.stderr)  # ... with the sink's handler swapped out
@@ -115,14 +115,7 @@ def _bytes() -> None:
     logging.getLogger().handlers[:] = [handler]
     structlog.configure(
         # The project's processors, all run at the call (BytesLogger writes bytes at once).
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_json_bytes),
-        ],
+        processors=eager_processors(structlog.processors.JSONRenderer(serializer=_json_bytes)),
         logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
     )
 

@@ -669,10 +669,8 @@ async def session(
     The n of each round is the one ``bench/factorial_level.py --levels L --rounds R``
     uses (``WARM_N + L r``): the values, whose size grows with n, are the same.
     """
+    from common import start_stack
     from factorial_level import WARM_N, Child, requests_by_kind
-
-    from service.config import load_settings
-    from service.local.supervisor import Stack, plan_stack
 
     out.load = os.getloadavg()
     out.started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -683,10 +681,7 @@ async def session(
     else:
         os.environ.pop(var, None)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings({"RESONATE_PATTERNS_DATA_DIR": tmp})
-        plan = plan_stack(settings, workers=0, port=0, data=None, group=None)
-        stack = Stack(plan, out=lambda _: None)
-        await stack.start()
+        stack = await start_stack(Path(tmp), workers=0)
         url = stack.plan.url
         worker: Child | None = None
         recorder: Perf | None = None

@@ -194,6 +194,18 @@ class _PendingLine:
             return _json_bytes({"event": "log_render_failed", "error": repr(exc)}) + b"\n"
 
 
+def eager_processors(renderer: Any) -> list[Any]:
+    """The processor chain a line runs through, all at once: what :class:`_RenderLater` defers."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+
+
 class _RenderLater:
     """The last structlog processor: defer rendering to the sink's flush when it is safe.
 
@@ -206,14 +218,7 @@ class _RenderLater:
 
     def __init__(self, renderer: Any) -> None:
         self.renderer = renderer
-        self.inline = [
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ]
+        self.inline = eager_processors(renderer)
 
     def __call__(self, logger: Any, method: str, event: EventDict) -> Any:
         if (

@@ -25,6 +25,7 @@ from service.telemetry.logging import (
     _json_bytes,
     _PendingLine,
     _RenderLater,
+    eager_processors,
     get_logger,
     setup_logging,
 )
@@ -167,14 +168,8 @@ def test_sink_when_a_loop_stops_before_its_flush__later_lines_still_go_out() -> 
     loop.close()
 
 
-_OLD_CHAIN = [  # the processors every structlog line ran at its call before deferral
-    structlog.contextvars.merge_contextvars,
-    structlog.processors.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-    structlog.processors.StackInfoRenderer(),
-    structlog.processors.format_exc_info,
-    structlog.processors.JSONRenderer(serializer=_json_bytes),
-]
+# The processors every structlog line ran at its call before deferral.
+_OLD_CHAIN = eager_processors(structlog.processors.JSONRenderer(serializer=_json_bytes))
 
 
 def _run_chain(event: dict[str, Any]) -> bytes:
