@@ -228,12 +228,10 @@ async def factorial(ctx: Context, n: object) -> int:
             # The configured step latency, once per level call, as the lookup
             # step had it when it was a durable leaf (its replays cost nothing).
             await deps.simulated_io()
-        if first:
             cached = await _first_lookup(deps, ctx.info.origin_id, k)
+            telemetry.lookup_done(FACTORIAL, ctx.info.id, hit=cached is not None)
         else:
             cached = await lookup_cached(deps, k - 1)
-        if first:
-            telemetry.lookup_done(FACTORIAL, ctx.info.id, hit=cached is not None)
         if cached is None:
             sub = await ctx.options(target=settings.factorial_group).rpc(FACTORIAL, k - 1)
         else:
