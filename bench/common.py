@@ -198,6 +198,13 @@ async def start_stack(
     return stack
 
 
+async def prefilled_stack(tmp: Path, stored: int) -> Stack:
+    """A local server whose SQLite store in ``tmp`` holds ``stored`` resolved promises, 1 worker."""
+    data = str(tmp / "server.db")
+    prefill(data, stored)
+    return await start_stack(tmp, 1, data=data)
+
+
 def client_for(url: str, extra_env: dict[str, str] | None = None) -> Runtime:
     """A started client runtime on the server at ``url`` (settings: ``extra_env`` only)."""
     env = {**(extra_env or {}), "RESONATE_URL": url}

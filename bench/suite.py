@@ -66,7 +66,7 @@ from common import (
     load_average,
     peak_rss_mb,
     percentile,
-    prefill,
+    prefilled_stack,
     start_stack,
     stored_on,
     utc_now,
@@ -280,9 +280,7 @@ async def stored_figures(plan: Plan, say: Callable[[str], None]) -> list[Measure
     memory: list[tuple[int, float]] = []
     for size in plan.stored:
         with tempfile.TemporaryDirectory() as tmp:
-            data = str(Path(tmp) / "server.db")
-            prefill(data, size)
-            stack = await start_stack(Path(tmp), 1, data=data)
+            stack = await prefilled_stack(Path(tmp), size)
             client = client_for(stack.plan.url)
             try:
                 loaded = peak_rss_mb(stack.server.pid)

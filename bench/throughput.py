@@ -42,7 +42,7 @@ from common import (
     client_for,
     cpu_reference_ms,
     percentile,
-    prefill,
+    prefilled_stack,
     start_stack,
     stored_on,
 )
@@ -301,9 +301,7 @@ async def run_scaling(quick: bool, rows: list[Row], out: Any) -> None:
     sizes = [0, 10_000] if quick else [0, 10_000, 100_000]
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            data = str(Path(tmp) / "server.db")
-            prefill(data, size)
-            stack = await start_stack(Path(tmp), 1, data=data)
+            stack = await prefilled_stack(Path(tmp), size)
             client = client_for(stack.plan.url)
             try:
                 work = Workload(

@@ -11,6 +11,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.telemetry.instrument import Lru
+
 if TYPE_CHECKING:
     from resonate.promises import Promises
 
@@ -34,17 +36,16 @@ class FloorMemo:
     """
 
     limit: int = FLOOR_MEMO_ROOTS
-    _floors: dict[str, int] = field(default_factory=dict)
+    _floors: Lru[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._floors = Lru(self.limit)
 
     def floor(self, root: str) -> int | None:
         return self._floors.get(root)
 
     def remember(self, root: str, floor: int) -> None:
-        floors = self._floors
-        floors.pop(root, None)
-        floors[root] = floor
-        if len(floors) > self.limit:
-            del floors[next(iter(floors))]
+        self._floors.put(root, floor)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def depth_of(promise_id: str) -> int:
     return promise_id.split(":", 1)[1].count(".") + 1
 
 
-class _Lru[V]:
+class Lru[V]:
     """A size-bounded mapping that forgets the least recently written key."""
 
     def __init__(self, limit: int) -> None:
@@ -89,10 +89,10 @@ class Telemetry:
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
-        self._attempts: _Lru[int] = _Lru(_TRACK_LIMIT)
-        self._root_depth: _Lru[int] = _Lru(_TRACK_LIMIT)
+        self._attempts: Lru[int] = Lru(_TRACK_LIMIT)
+        self._root_depth: Lru[int] = Lru(_TRACK_LIMIT)
         #: Calls whose inline cache lookup was counted (see :meth:`lookup_done`).
-        self._lookups: _Lru[bool] = _Lru(_TRACK_LIMIT)
+        self._lookups: Lru[bool] = Lru(_TRACK_LIMIT)
         #: Ids whose next body run is the first run of their call (insertion
         #: order; the oldest is forgotten past the limit).
         self._first_runs: dict[str, bool] = {}
@@ -278,4 +278,4 @@ def instrumented[F: DurableFn](name: str) -> Callable[[F], F]:
     return decorate
 
 
-__all__ = ["Telemetry", "depth_of", "instrumented", "lease_gone"]
+__all__ = ["Lru", "Telemetry", "depth_of", "instrumented", "lease_gone"]

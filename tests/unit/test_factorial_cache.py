@@ -25,6 +25,15 @@ def _levels(executions: Any) -> set[int]:
     return {int(e["args"]) for e in executions.started("factorial")}
 
 
+async def _all_cached_no_body(runtime: Any, executions: Any, ns: range) -> None:
+    """Every ``factorial(n)`` for n in ``ns`` answers from the cache, and no body runs."""
+    executions.clear()
+    for n in ns:
+        again = await invoke(runtime, pattern("factorial"), (n,))
+        assert (again.result, again.cached) == (math.factorial(n), True)
+    assert executions.started("factorial") == []
+
+
 async def test_cache__factorial_20_then_20_and_12__zero_bodies_and_cached(
     embedded: Any, executions: Any
 ) -> None:
@@ -65,11 +74,7 @@ async def test_cache__concurrent_overlapping_runs__all_correct_and_cached_after(
     ns = [30, 18, 25, 30, 7, 22]
     results = await asyncio.gather(*(invoke(runtime, pattern("factorial"), (n,)) for n in ns))
     assert [r.result for r in results] == [math.factorial(n) for n in ns]
-    executions.clear()
-    for n in range(31):
-        again = await invoke(runtime, pattern("factorial"), (n,))
-        assert (again.result, again.cached) == (math.factorial(n), True)
-    assert executions.started("factorial") == []
+    await _all_cached_no_body(runtime, executions, range(31))
 
 
 async def test_cache__custom_id__still_publishes_keyed_results(
@@ -169,11 +174,7 @@ async def test_cache__connector_failure_in_lookup_or_publish__task_retried_never
     assert _counted(runtime, MISSES, function="factorial", kind="lookup") == lookup_misses
     assert _counted(runtime, HITS, function="factorial", kind="lookup") == 0
     # The cache holds every level below the root, factorial-2 included.
-    executions.clear()
-    for k in range(5):
-        again = await invoke(runtime, pattern("factorial"), (k,))
-        assert (again.result, again.cached) == (math.factorial(k), True)
-    assert executions.started("factorial") == []
+    await _all_cached_no_body(runtime, executions, range(5))
 
 
 async def test_cache__resume_finds_the_value_its_child_published__no_second_rpc(
@@ -301,8 +302,4 @@ async def test_cache__stale_floor__levels_computed_again_never_a_wrong_value(
     run = await invoke(runtime, pattern("factorial"), (15,))
     assert (run.result, run.cached) == (math.factorial(15), False)
     assert _levels(executions) == set(range(16))
-    executions.clear()
-    for k in range(16):
-        again = await invoke(runtime, pattern("factorial"), (k,))
-        assert (again.result, again.cached) == (math.factorial(k), True)
-    assert executions.started("factorial") == []
+    await _all_cached_no_body(runtime, executions, range(16))
